@@ -11,6 +11,7 @@
 //!   structured [`Record`]s) with zero-copy conversions to and from `ndarray`.
 //! - [`version`]: [`Version`], a hybrid logical clock stamp plus node id, and the [`Hlc`]
 //!   that issues them. Totally ordered; the newest version of a key wins.
+//! - [`entry`]: [`Entry`], a value with its metadata, stamped with size and checksum.
 //! - [`meta`]: [`EntryMeta`] (created/expiry times, size, format, version, checksum) and
 //!   [`Timestamp`].
 //! - [`codec`]: the payload codec that turns a value into the bytes kept on disk (raw bytes,
@@ -18,6 +19,7 @@
 //! - [`error`]: the [`Error`] enum for everything above.
 
 pub mod codec;
+pub mod entry;
 pub mod error;
 pub mod key;
 pub mod meta;
@@ -25,6 +27,7 @@ pub mod value;
 pub mod version;
 
 pub use codec::{Payload, checksum, decode_payload, encode_payload};
+pub use entry::Entry;
 pub use error::{Error, Result};
 pub use key::{EntryKey, Key, MAX_KEY_BYTES, MAX_NAMESPACE_LEN, Namespace};
 pub use meta::{EntryMeta, Format, Timestamp};
