@@ -197,7 +197,7 @@ mod tests {
     fn npy_header_matches_numpy() {
         // What numpy.save writes for np.zeros(3, dtype='<f4').
         let header = npy_header(DType::F32, [3u64].into_iter());
-        assert_eq!(header.len() % 64, 0);
+        assert!(header.len().is_multiple_of(64));
         let text = std::str::from_utf8(&header[10..]).unwrap();
         assert_eq!(
             text.trim_end(),
@@ -252,7 +252,7 @@ mod tests {
             panic!("not a tensor");
         };
         let header_len = file.len() - 32 * 4;
-        assert_eq!(header_len % 64, 0);
+        assert!(header_len.is_multiple_of(64));
         assert_eq!(back.data().as_ptr(), file[header_len..].as_ptr());
         assert_eq!(back.view::<f32>().unwrap().shape(), &[4, 8]);
     }

@@ -20,7 +20,12 @@ impl Entry {
     /// Stamps `value` as written at `created_at` with `version`, expiring `ttl` later (never,
     /// if `ttl` is `None`). Size and checksum are those of the encoded payload, so any tier or
     /// replica can verify the bytes it holds against them.
-    pub fn new(value: Value, created_at: Timestamp, ttl: Option<Duration>, version: Version) -> Self {
+    pub fn new(
+        value: Value,
+        created_at: Timestamp,
+        ttl: Option<Duration>,
+        version: Version,
+    ) -> Self {
         let payload = encode_payload(&value);
         let meta = EntryMeta {
             created_at,
@@ -47,10 +52,18 @@ mod tests {
     #[test]
     fn meta_describes_the_payload() {
         let value = Value::from(b"hello".to_vec());
-        let e = Entry::new(value.clone(), Timestamp(1_000), Some(Duration::from_secs(2)), Version::ZERO);
+        let e = Entry::new(
+            value.clone(),
+            Timestamp(1_000),
+            Some(Duration::from_secs(2)),
+            Version::ZERO,
+        );
         assert_eq!(e.meta.size_bytes, 5);
         assert_eq!(e.meta.expires_at, Some(Timestamp(3_000)));
-        assert_eq!(e.meta.checksum, checksum(&encode_payload(&value).to_bytes()));
+        assert_eq!(
+            e.meta.checksum,
+            checksum(&encode_payload(&value).to_bytes())
+        );
         assert!(!e.is_expired(Timestamp(2_999)));
         assert!(e.is_expired(Timestamp(3_000)));
         let forever = Entry::new(value, Timestamp(1_000), None, Version::ZERO);

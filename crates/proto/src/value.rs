@@ -607,7 +607,7 @@ mod tests {
     fn misaligned_data_still_copies_out() {
         let raw = Bytes::from(vec![0u8; 9]).slice(1..9);
         let t = Tensor::new(DType::F32, vec![2], raw).unwrap();
-        if t.data().as_ptr() as usize % 4 != 0 {
+        if !(t.data().as_ptr() as usize).is_multiple_of(4) {
             assert!(matches!(t.view::<f32>(), Err(Error::Misaligned(_))));
         }
         assert_eq!(t.to_array::<f32>().unwrap().len(), 2);

@@ -55,13 +55,15 @@ impl Periodic {
         stop: Arc<StopSignal>,
         mut task: impl FnMut() -> bool + Send + 'static,
     ) -> std::io::Result<JoinHandle<()>> {
-        std::thread::Builder::new().name(name.to_owned()).spawn(move || {
-            while !stop.sleep(interval) {
-                if !task() {
-                    break;
+        std::thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                while !stop.sleep(interval) {
+                    if !task() {
+                        break;
+                    }
                 }
-            }
-        })
+            })
     }
 }
 
@@ -78,10 +80,14 @@ impl Janitor {
         let weak = Arc::downgrade(&tier);
         drop(tier);
         let thread = Periodic::spawn("strata-janitor", interval, Arc::clone(&stop), move || {
-            let Some(tier) = weak.upgrade() else { return false };
+            let Some(tier) = weak.upgrade() else {
+                return false;
+            };
             match tier.cleanup_expired() {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(tier = tier.name(), removed = n, "expired entries removed"),
+                Ok(n) => {
+                    tracing::debug!(tier = tier.name(), removed = n, "expired entries removed")
+                }
                 Err(e) => tracing::warn!(tier = tier.name(), error = %e, "janitor failed"),
             }
             true

@@ -81,7 +81,12 @@ impl ExpireAt {
 }
 
 impl moka::Expiry<EntryKey, Arc<Entry>> for ExpireAt {
-    fn expire_after_create(&self, _: &EntryKey, entry: &Arc<Entry>, _: Instant) -> Option<Duration> {
+    fn expire_after_create(
+        &self,
+        _: &EntryKey,
+        entry: &Arc<Entry>,
+        _: Instant,
+    ) -> Option<Duration> {
         self.remaining(entry)
     }
 
@@ -137,10 +142,13 @@ impl MemoryTier {
 
     /// Removes `key` only if it still holds `entry` (not a newer write); whether it did.
     fn remove_if_same(&self, key: &EntryKey, entry: &Arc<Entry>) -> bool {
-        let result = self.cache.entry_by_ref(key).and_compute_with(|current| match current {
-            Some(current) if Arc::ptr_eq(current.value(), entry) => Op::Remove,
-            _ => Op::Nop,
-        });
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(current) if Arc::ptr_eq(current.value(), entry) => Op::Remove,
+                _ => Op::Nop,
+            });
         matches!(result, CompResult::Removed(_))
     }
 
@@ -154,7 +162,11 @@ impl MemoryTier {
         Some(entry)
     }
 
-    fn matching(&self, namespace: &Namespace, pattern: Option<&Pattern>) -> Vec<(Arc<EntryKey>, Arc<Entry>)> {
+    fn matching(
+        &self,
+        namespace: &Namespace,
+        pattern: Option<&Pattern>,
+    ) -> Vec<(Arc<EntryKey>, Arc<Entry>)> {
         self.cache
             .iter()
             .filter(|(k, _)| &k.namespace == namespace && matches(pattern, k.key.as_str()))

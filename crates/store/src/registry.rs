@@ -82,7 +82,9 @@ pub struct TierRegistry {
 
 impl std::fmt::Debug for TierRegistry {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("TierRegistry").field("kinds", &self.kinds()).finish()
+        f.debug_struct("TierRegistry")
+            .field("kinds", &self.kinds())
+            .finish()
     }
 }
 
@@ -153,7 +155,12 @@ impl TierRegistry {
 
     /// Builds every enabled tier of `config`, ordered by priority, into a [`Tiered`] store.
     pub fn build_tiered(&self, config: &TieredConfig, ctx: &TierContext) -> Result<Tiered> {
-        let mut specs: Vec<(usize, &TierSpec)> = config.tiers.iter().filter(|s| s.enabled).enumerate().collect();
+        let mut specs: Vec<(usize, &TierSpec)> = config
+            .tiers
+            .iter()
+            .filter(|s| s.enabled)
+            .enumerate()
+            .collect();
         specs.sort_by_key(|(i, s)| (s.priority.unwrap_or(i32::MAX), *i));
         let tiers = specs
             .into_iter()

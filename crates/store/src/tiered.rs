@@ -85,9 +85,15 @@ pub struct TieredStats {
 
 impl Tiered {
     /// Stacks `tiers` (fastest first) under a write policy.
-    pub fn new(tiers: Vec<Arc<dyn Tier>>, policy: SetPolicy, clock: Arc<dyn Clock>) -> Result<Self> {
+    pub fn new(
+        tiers: Vec<Arc<dyn Tier>>,
+        policy: SetPolicy,
+        clock: Arc<dyn Clock>,
+    ) -> Result<Self> {
         if tiers.is_empty() {
-            return Err(Error::Config("a tiered store needs at least one tier".into()));
+            return Err(Error::Config(
+                "a tiered store needs at least one tier".into(),
+            ));
         }
         Ok(Self {
             tiers,
@@ -130,14 +136,21 @@ impl Tiered {
             evictions: tiers.iter().map(|t| t.evictions).sum(),
             hit_rate: hit_rate(snapshot.hits, snapshot.misses),
             size_bytes: tiers.iter().map(|t| t.size_bytes).sum(),
-            total_files: tiers.iter().filter(|t| t.persistent).map(|t| t.entries).sum(),
+            total_files: tiers
+                .iter()
+                .filter(|t| t.persistent)
+                .map(|t| t.entries)
+                .sum(),
         };
         let tiers = tiers.into_iter().map(|t| (t.name.clone(), t)).collect();
         TieredStats { manager, tiers }
     }
 
     fn lookup(&self, key: &EntryKey) -> Result<Option<Entry>> {
-        let (first, slower) = self.tiers.split_first().expect("checked non-empty at construction");
+        let (first, slower) = self
+            .tiers
+            .split_first()
+            .expect("checked non-empty at construction");
         let mut error = None;
         match first.get(key) {
             Ok(Some(entry)) => return Ok(Some(entry)),
@@ -181,7 +194,11 @@ impl Tier for Tiered {
 
     fn get(&self, key: &EntryKey) -> Result<Option<Entry>> {
         let found = self.lookup(key)?;
-        Counters::bump(if found.is_some() { &self.counters.hits } else { &self.counters.misses });
+        Counters::bump(if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        });
         Ok(found)
     }
 
@@ -263,7 +280,12 @@ impl Tier for Tiered {
         Ok(removed)
     }
 
-    fn list_keys(&self, namespace: &Namespace, pattern: Option<&Pattern>, with_meta: bool) -> Result<Vec<(Key, Option<EntryMeta>)>> {
+    fn list_keys(
+        &self,
+        namespace: &Namespace,
+        pattern: Option<&Pattern>,
+        with_meta: bool,
+    ) -> Result<Vec<(Key, Option<EntryMeta>)>> {
         let mut merged: BTreeMap<Key, Option<EntryMeta>> = BTreeMap::new();
         // Slowest first, so the fastest tier's metadata (the same, or newer) wins.
         for tier in self.tiers.iter().rev() {
@@ -274,10 +296,13 @@ impl Tier for Tiered {
         Ok(merged.into_iter().collect())
     }
 
+    /// Cleans every tier. The count is of entries, not copies: every entry lives in the
+    /// slowest tier (writes reach all tiers, promotion copies upward), so the largest count
+    /// of any one tier is the number of entries that expired.
     fn cleanup_expired(&self) -> Result<u64> {
         let mut removed = 0;
         for tier in &self.tiers {
-            removed += tier.cleanup_expired()?;
+            removed = removed.max(tier.cleanup_expired()?);
         }
         Ok(removed)
     }

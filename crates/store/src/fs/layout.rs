@@ -49,7 +49,13 @@ pub const MAX_COMPONENT: usize = 200;
 pub const MAX_RELATIVE_PATH: usize = 1024;
 
 /// Top-level directories of the structured layout; generic keys never produce them.
-const RESERVED: [&str; 5] = ["keyframes", "transcripts", "descriptions", "segments", HASHED];
+const RESERVED: [&str; 5] = [
+    "keyframes",
+    "transcripts",
+    "descriptions",
+    "segments",
+    HASHED,
+];
 const HASHED: &str = "_hashed";
 
 /// Where one entry lives: a directory (relative to the base directory) and a file stem; the
@@ -102,7 +108,11 @@ fn hashed(namespace: &Namespace, key: &Key) -> EntryPath {
     let digest = Sha256::digest(key.as_str().as_bytes());
     let name = hex::encode(digest);
     EntryPath {
-        dirs: vec![namespace.as_str().to_owned(), HASHED.to_owned(), name[..2].to_owned()],
+        dirs: vec![
+            namespace.as_str().to_owned(),
+            HASHED.to_owned(),
+            name[..2].to_owned(),
+        ],
         stem: name,
     }
 }
@@ -151,7 +161,11 @@ fn structured(key: &str) -> Option<(Vec<String>, String)> {
             Some((dirs, item.unwrap_or("metadata").to_owned()))
         }
         "transcript" | "descriptions" if item.is_none() => {
-            let top = if *artifact == "transcript" { "transcripts" } else { "descriptions" };
+            let top = if *artifact == "transcript" {
+                "transcripts"
+            } else {
+                "descriptions"
+            };
             if params.is_empty() {
                 Some((vec![top.to_owned()], escape(video)))
             } else {
@@ -184,13 +198,17 @@ fn is_plain(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && !s.starts_with('.')
-        && s.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
 }
 
 /// `name=value` with a lower-case identifier name.
 fn is_param(s: &str) -> bool {
     s.split_once('=').is_some_and(|(name, _)| {
-        !name.is_empty() && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
+        !name.is_empty()
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'_')
     })
 }
 
@@ -204,7 +222,8 @@ fn is_frame(s: &str) -> bool {
 fn is_number(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 32
-        && s.bytes().all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'-' | b'+' | b'e' | b'E'))
 }
 
 fn join_params(params: &[&str]) -> String {
@@ -294,7 +313,13 @@ mod tests {
         let dirs: Vec<&str> = path.dirs.iter().skip(1).map(String::as_str).collect();
         let stem = path.stem.as_str();
         let item = |stem: &str| -> Option<Option<String>> {
-            if stem == "metadata" { Some(None) } else if is_frame(stem) { Some(Some(stem.to_owned())) } else { None }
+            if stem == "metadata" {
+                Some(None)
+            } else if is_frame(stem) {
+                Some(Some(stem.to_owned()))
+            } else {
+                None
+            }
         };
         let mut segments: Vec<String> = Vec::new();
         match dirs.as_slice() {
@@ -306,11 +331,19 @@ mod tests {
                 segments.extend(item(stem)?);
             }
             [top @ ("transcripts" | "descriptions")] => {
-                let artifact = if *top == "transcripts" { "transcript" } else { "descriptions" };
+                let artifact = if *top == "transcripts" {
+                    "transcript"
+                } else {
+                    "descriptions"
+                };
                 segments.extend(["video".into(), unescape(stem)?, artifact.into()]);
             }
             [top @ ("transcripts" | "descriptions"), video] => {
-                let artifact = if *top == "transcripts" { "transcript" } else { "descriptions" };
+                let artifact = if *top == "transcripts" {
+                    "transcript"
+                } else {
+                    "descriptions"
+                };
                 segments.extend(["video".into(), unescape(video)?, artifact.into()]);
                 segments.extend(split_params(stem)?);
             }
@@ -355,13 +388,19 @@ mod tests {
     fn reference_layout() {
         let cases = [
             ("video:abc123:keyframes", "keyframes/abc123/metadata"),
-            ("video:abc123:keyframes:frame_42", "keyframes/abc123/frame_42"),
+            (
+                "video:abc123:keyframes:frame_42",
+                "keyframes/abc123/frame_42",
+            ),
             (
                 "video:robot_soccer:keyframes:max_frames=3000:strategy=similarity:threshold=0.999:frame_7",
                 "keyframes/robot_soccer/max_frames=3000,strategy=similarity,threshold=0.999/frame_7",
             ),
             ("video:abc123:transcript", "transcripts/abc123"),
-            ("video:abc123:transcript:lang=auto:model=base", "transcripts/abc123/lang=auto,model=base"),
+            (
+                "video:abc123:transcript:lang=auto:model=base",
+                "transcripts/abc123/lang=auto,model=base",
+            ),
             (
                 "video:abc123:descriptions:batch_size=500:model_name=Qwen/Qwen2-VL-2B-Instruct",
                 "descriptions/abc123/batch_size=500,model_name=Qwen%2FQwen2-VL-2B-Instruct",
@@ -374,13 +413,19 @@ mod tests {
                 "video:abc123:segment_frames:segment_id=0:start_time=0.0:end_time=6.0",
                 "segments/abc123/segment_0_start_0.0_end_6.0/metadata",
             ),
-            ("embedding:colpali:a3f2e9d8c7b6a5f4", "embedding/colpali/a3f2e9d8c7b6a5f4"),
+            (
+                "embedding:colpali:a3f2e9d8c7b6a5f4",
+                "embedding/colpali/a3f2e9d8c7b6a5f4",
+            ),
             ("plain", "plain"),
             ("keyframes:x", "%6Beyframes/x"),
             ("../../etc/passwd", "%2E.%2F..%2Fetc%2Fpasswd"),
             ("a::b", "a/%/b"),
             ("report.json:x", "report%2Ejson/x"),
-            ("video:abc123:thumbnails:frame_1", "video/abc123/thumbnails/frame_1"),
+            (
+                "video:abc123:thumbnails:frame_1",
+                "video/abc123/thumbnails/frame_1",
+            ),
         ];
         for (key, expected) in cases {
             assert_eq!(path_of(key), expected, "key {key}");

@@ -52,7 +52,9 @@ use bytes::Bytes;
 use lru::LruCache;
 use parking_lot::{Condvar, Mutex, RwLock};
 use serde::Deserialize;
-use strata_proto::{Entry, EntryKey, EntryMeta, Format, Key, Namespace, decode_payload, encode_payload};
+use strata_proto::{
+    Entry, EntryKey, EntryMeta, Format, Key, Namespace, decode_payload, encode_payload,
+};
 
 use crate::clock::Clock;
 use crate::error::{Error, Result};
@@ -137,7 +139,9 @@ pub struct FsTier {
 
 impl std::fmt::Debug for FsTier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("FsTier").field("path", &self.inner.base).finish_non_exhaustive()
+        f.debug_struct("FsTier")
+            .field("path", &self.inner.base)
+            .finish_non_exhaustive()
     }
 }
 
@@ -221,7 +225,10 @@ impl Files {
     }
 
     fn name(&self) -> &str {
-        self.data.file_name().and_then(|n| n.to_str()).unwrap_or_default()
+        self.data
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or_default()
     }
 
     fn pending_data(&self, boot: &str) -> PathBuf {
@@ -229,7 +236,8 @@ impl Files {
     }
 
     fn pending_meta(&self, boot: &str) -> PathBuf {
-        self.dir.join(format!(".{}.meta.{boot}.pending", self.name()))
+        self.dir
+            .join(format!(".{}.meta.{boot}.pending", self.name()))
     }
 
     fn remove(&self) -> Result<()> {
@@ -277,7 +285,11 @@ impl FsTier {
         let boot = format!(
             "{:x}{:x}",
             std::process::id(),
-            SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0) & 0xffff_ffff
+            SystemTime::now()
+                .duration_since(SystemTime::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+                & 0xffff_ffff
         );
         let inner = Arc::new(Inner {
             base,
@@ -317,7 +329,9 @@ impl FsTier {
 
     /// The data file an entry of `key` with `format` is (or would be) stored in.
     pub fn data_file(&self, key: &EntryKey, format: &Format) -> PathBuf {
-        self.inner.base.join(entry_path(&key.namespace, &key.key).data_file(format))
+        self.inner
+            .base
+            .join(entry_path(&key.namespace, &key.key).data_file(format))
     }
 }
 
@@ -353,7 +367,9 @@ impl Inner {
                 Duration::from_secs(self.config.cleanup_interval_secs),
                 Arc::clone(&self.stop),
                 move || {
-                    let Some(inner) = weak.upgrade() else { return false };
+                    let Some(inner) = weak.upgrade() else {
+                        return false;
+                    };
                     if let Err(e) = inner.cleanup_expired() {
                         tracing::warn!(error = %e, "filesystem janitor failed");
                     }
@@ -369,7 +385,9 @@ impl Inner {
                 Duration::from_millis(self.config.fsync_interval_ms.max(1)),
                 Arc::clone(&self.stop),
                 move || {
-                    let Some(inner) = weak.upgrade() else { return false };
+                    let Some(inner) = weak.upgrade() else {
+                        return false;
+                    };
                     inner.flush_dirty();
                     true
                 },
@@ -407,10 +425,19 @@ impl Inner {
 
     /// Finds which extension `key` is stored under, with its metadata when the index has it.
     /// Call with the key's stripe lock held.
-    fn locate(&self, key: &EntryKey, path: &EntryPath, touch: bool) -> Option<(&'static str, Option<EntryMeta>)> {
+    fn locate(
+        &self,
+        key: &EntryKey,
+        path: &EntryPath,
+        touch: bool,
+    ) -> Option<(&'static str, Option<EntryMeta>)> {
         {
             let mut index = self.index.lock();
-            let found = if touch { index.entries.get(key) } else { index.entries.peek(key) };
+            let found = if touch {
+                index.entries.get(key)
+            } else {
+                index.entries.peek(key)
+            };
             if let Some(i) = found {
                 return Some((i.ext, Some(i.meta.clone())));
             }
@@ -425,7 +452,11 @@ impl Inner {
             .map(|ext| (ext, None))
     }
 
-    fn read_sidecar(&self, key: &EntryKey, files: &Files) -> Result<std::result::Result<EntryMeta, Loaded>> {
+    fn read_sidecar(
+        &self,
+        key: &EntryKey,
+        files: &Files,
+    ) -> Result<std::result::Result<EntryMeta, Loaded>> {
         let Some(bytes) = read_if_exists(&files.meta)? else {
             return Ok(Err(Loaded::Missing));
         };
@@ -433,7 +464,9 @@ impl Inner {
             // Another key's entry (only possible under the hashed fallback): not ours.
             Ok((found, _)) if &found != key => Ok(Err(Loaded::Missing)),
             Ok((_, meta)) => Ok(Ok(meta)),
-            Err(why) => Ok(Err(Loaded::Damaged(format!("sidecar does not parse: {why}")))),
+            Err(why) => Ok(Err(Loaded::Damaged(format!(
+                "sidecar does not parse: {why}"
+            )))),
         }
     }
 
@@ -471,7 +504,12 @@ impl Inner {
     /// Finishes or undoes a write that a dead process left half done. Call with the key's
     /// stripe lock held (or for files no live writer can own).
     fn recover(&self, files: &Files) -> Result<bool> {
-        let Some(name) = files.data.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+        let Some(name) = files
+            .data
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_owned)
+        else {
             return Ok(false);
         };
         let entries = match fs::read_dir(&files.dir) {
@@ -485,8 +523,12 @@ impl Inner {
             let file = entry.file_name();
             let Some(file) = file.to_str() else { continue };
             match parse_pending(file) {
-                Some((target, true, boot)) if target == name && boot != self.boot => pending_meta.push(entry.path()),
-                Some((target, false, boot)) if target == name && boot != self.boot => pending_data.push(entry.path()),
+                Some((target, true, boot)) if target == name && boot != self.boot => {
+                    pending_meta.push(entry.path())
+                }
+                Some((target, false, boot)) if target == name && boot != self.boot => {
+                    pending_data.push(entry.path())
+                }
                 _ => {}
             }
         }
@@ -494,11 +536,18 @@ impl Inner {
         if pending_meta.is_empty() {
             // The sidecar was committed (or never staged): a pending payload matching it is
             // the rest of that write.
-            if let Ok(Some(committed)) = read_if_exists(&files.meta).map(|m| m.and_then(|b| Sidecar::parse(&b).ok())) {
+            if let Ok(Some(committed)) =
+                read_if_exists(&files.meta).map(|m| m.and_then(|b| Sidecar::parse(&b).ok()))
+            {
                 for pending in &pending_data {
-                    let Some(data) = read_if_exists(pending)? else { continue };
-                    if data.len() as u64 == committed.1.size_bytes && crc32c::crc32c(&data) == committed.1.checksum {
-                        fs::rename(pending, &files.data).map_err(|e| Error::io("rename", pending, e))?;
+                    let Some(data) = read_if_exists(pending)? else {
+                        continue;
+                    };
+                    if data.len() as u64 == committed.1.size_bytes
+                        && crc32c::crc32c(&data) == committed.1.checksum
+                    {
+                        fs::rename(pending, &files.data)
+                            .map_err(|e| Error::io("rename", pending, e))?;
                         rolled_forward = true;
                         break;
                     }
@@ -588,7 +637,9 @@ impl Inner {
             });
         }
         let payload = encode_payload(&entry.value);
-        if payload.len() as u64 != entry.meta.size_bytes || payload.checksum() != entry.meta.checksum {
+        if payload.len() as u64 != entry.meta.size_bytes
+            || payload.checksum() != entry.meta.checksum
+        {
             return Err(Error::Proto(strata_proto::Error::Corrupt(
                 "entry metadata does not match its value (size or checksum)".into(),
             )));
@@ -603,13 +654,25 @@ impl Inner {
             if let Some(old) = previous.filter(|old| *old != ext) {
                 self.files(&path, old).remove()?;
             }
-            self.index.lock().insert(key.clone(), Indexed { ext, meta: entry.meta });
+            self.index.lock().insert(
+                key.clone(),
+                Indexed {
+                    ext,
+                    meta: entry.meta,
+                },
+            );
         }
         Counters::bump(&self.counters.sets);
         self.enforce_capacity()
     }
 
-    fn write_files(&self, key: &EntryKey, files: &Files, meta: &EntryMeta, payload: &strata_proto::Payload) -> Result<()> {
+    fn write_files(
+        &self,
+        key: &EntryKey,
+        files: &Files,
+        meta: &EntryMeta,
+        payload: &strata_proto::Payload,
+    ) -> Result<()> {
         let always = self.config.fsync == FsyncPolicy::Always;
         fs::create_dir_all(&files.dir).map_err(|e| Error::io("create directory", &files.dir, e))?;
         let pending_data = files.pending_data(&self.boot);
@@ -686,14 +749,22 @@ impl Inner {
     }
 
     /// Keys (and metadata) of live entries in `namespace` matching `pattern`, from the index.
-    fn matching(&self, namespace: &Namespace, pattern: Option<&Pattern>) -> Vec<(EntryKey, EntryMeta)> {
+    fn matching(
+        &self,
+        namespace: &Namespace,
+        pattern: Option<&Pattern>,
+    ) -> Vec<(EntryKey, EntryMeta)> {
         self.wait_ready(None);
         let now = self.clock.now();
         let index = self.index.lock();
         index
             .entries
             .iter()
-            .filter(|(k, i)| &k.namespace == namespace && !i.meta.is_expired(now) && matches(pattern, k.key.as_str()))
+            .filter(|(k, i)| {
+                &k.namespace == namespace
+                    && !i.meta.is_expired(now)
+                    && matches(pattern, k.key.as_str())
+            })
             .map(|(k, i)| (k.clone(), i.meta.clone()))
             .collect()
     }
@@ -702,13 +773,24 @@ impl Inner {
         let now = self.clock.now();
         let expired: Vec<EntryKey> = {
             let index = self.index.lock();
-            index.entries.iter().filter(|(_, i)| i.meta.is_expired(now)).map(|(k, _)| k.clone()).collect()
+            index
+                .entries
+                .iter()
+                .filter(|(_, i)| i.meta.is_expired(now))
+                .map(|(k, _)| k.clone())
+                .collect()
         };
         let mut removed = 0;
         for key in expired {
             let path = entry_path(&key.namespace, &key.key);
             let _write = self.stripe(&key).write();
-            let still = self.index.lock().entries.peek(&key).filter(|i| i.meta.is_expired(now)).map(|i| i.ext);
+            let still = self
+                .index
+                .lock()
+                .entries
+                .peek(&key)
+                .filter(|i| i.meta.is_expired(now))
+                .map(|i| i.ext);
             if let Some(ext) = still {
                 self.files(&path, ext).remove()?;
                 self.index.lock().remove(&key);
@@ -724,6 +806,10 @@ impl Inner {
         if !*self.ready.lock() {
             return Ok(()); // The scan enforces it once it knows the total.
         }
+        self.evict_to_capacity()
+    }
+
+    fn evict_to_capacity(&self) -> Result<()> {
         loop {
             let victim = {
                 let mut index = self.index.lock();
@@ -761,28 +847,38 @@ impl Inner {
                 tracing::warn!(dir = %dir.display(), error = %e, "startup scan could not read a directory");
             }
         }
-        *self.ready.lock() = true;
-        self.ready_cv.notify_all();
-        if let Err(e) = self.enforce_capacity() {
+        if let Err(e) = self.evict_to_capacity() {
             tracing::warn!(error = %e, "evicting after the startup scan failed");
         }
+        *self.ready.lock() = true;
+        self.ready_cv.notify_all();
     }
 
-    fn scan_dir(&self, dir: &Path, private: &Path, started: SystemTime, dirs: &mut Vec<PathBuf>) -> Result<()> {
+    fn scan_dir(
+        &self,
+        dir: &Path,
+        private: &Path,
+        started: SystemTime,
+        dirs: &mut Vec<PathBuf>,
+    ) -> Result<()> {
         let read = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
         let mut sidecars = Vec::new();
         let mut payloads = HashMap::new();
         let mut pending_targets = HashSet::new();
         for entry in read.flatten() {
             let path = entry.path();
-            let Ok(file_type) = entry.file_type() else { continue };
+            let Ok(file_type) = entry.file_type() else {
+                continue;
+            };
             if file_type.is_dir() {
                 if path != private {
                     dirs.push(path);
                 }
                 continue;
             }
-            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else { continue };
+            let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_owned) else {
+                continue;
+            };
             if let Some((target, _, boot)) = parse_pending(&name) {
                 if boot != self.boot {
                     pending_targets.insert(target.to_owned());
@@ -801,7 +897,9 @@ impl Inner {
                 data,
                 dir: dir.to_owned(),
             };
-            let owner = read_if_exists(&files.meta)?.and_then(|b| Sidecar::parse(&b).ok()).map(|(k, _)| k);
+            let owner = read_if_exists(&files.meta)?
+                .and_then(|b| Sidecar::parse(&b).ok())
+                .map(|(k, _)| k);
             let _write = owner.as_ref().map(|k| self.stripe(k).write());
             self.recover(&files)?;
         }
@@ -812,7 +910,10 @@ impl Inner {
         // Payloads with no sidecar: a delete or a write that died half way. Files written
         // since the scan began may belong to a live write, so only older ones go.
         for (name, entry) in payloads {
-            let old = entry.metadata().and_then(|m| m.modified()).is_ok_and(|m| m < started);
+            let old = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .is_ok_and(|m| m < started);
             if old && dir.starts_with(&self.base) && dir != self.base {
                 tracing::warn!(file = %entry.path().display(), "removing payload without a sidecar");
                 remove_if_exists(&entry.path())?;
@@ -842,9 +943,16 @@ impl Inner {
             }
         };
         let _write = self.stripe(&key).write();
-        let expected = self.files(&entry_path(&key.namespace, &key.key), meta.format.extension());
+        let expected = self.files(
+            &entry_path(&key.namespace, &key.key),
+            meta.format.extension(),
+        );
         if expected.data != files.data {
-            return self.drop_damaged(&key, &files, "entry is filed under a path its key does not map to");
+            return self.drop_damaged(
+                &key,
+                &files,
+                "entry is filed under a path its key does not map to",
+            );
         }
         if meta.is_expired(self.clock.now()) {
             files.remove()?;
@@ -876,12 +984,24 @@ impl Inner {
             }
             Some(existing) => {
                 let stale = self.files(&entry_path(&key.namespace, &key.key), existing.ext);
-                index.insert(key.clone(), Indexed { ext: meta.format.extension(), meta });
+                index.insert(
+                    key.clone(),
+                    Indexed {
+                        ext: meta.format.extension(),
+                        meta,
+                    },
+                );
                 drop(index);
                 stale.remove()?;
             }
             None => {
-                index.entries.push(key.clone(), Indexed { ext: meta.format.extension(), meta: meta.clone() });
+                index.entries.push(
+                    key.clone(),
+                    Indexed {
+                        ext: meta.format.extension(),
+                        meta: meta.clone(),
+                    },
+                );
                 index.bytes += meta.size_bytes;
                 // Found entries are the least recently used: they go before live writes.
                 index.entries.demote(&key);
@@ -904,7 +1024,8 @@ fn parse_pending(name: &str) -> Option<(&str, bool, &str)> {
 fn write_file(path: &Path, parts: &[&[u8]], sync: bool) -> Result<()> {
     let mut file = File::create(path).map_err(|e| Error::io("create", path, e))?;
     for part in parts {
-        file.write_all(part).map_err(|e| Error::io("write", path, e))?;
+        file.write_all(part)
+            .map_err(|e| Error::io("write", path, e))?;
     }
     if sync {
         file.sync_all().map_err(|e| Error::io("fsync", path, e))?;
@@ -913,7 +1034,9 @@ fn write_file(path: &Path, parts: &[&[u8]], sync: bool) -> Result<()> {
 }
 
 fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| Error::io("fsync", dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| Error::io("fsync", dir, e))
 }
 
 impl Tier for FsTier {
@@ -951,7 +1074,12 @@ impl Tier for FsTier {
         Ok(removed)
     }
 
-    fn list_keys(&self, namespace: &Namespace, pattern: Option<&Pattern>, with_meta: bool) -> Result<Vec<(Key, Option<EntryMeta>)>> {
+    fn list_keys(
+        &self,
+        namespace: &Namespace,
+        pattern: Option<&Pattern>,
+        with_meta: bool,
+    ) -> Result<Vec<(Key, Option<EntryMeta>)>> {
         let mut keys: Vec<_> = self
             .inner
             .matching(namespace, pattern)
@@ -983,8 +1111,14 @@ mod tests {
 
     #[test]
     fn pending_names_parse() {
-        assert_eq!(parse_pending(".frame_1.jpg.abc.pending"), Some(("frame_1.jpg", false, "abc")));
-        assert_eq!(parse_pending(".frame_1.jpg.meta.abc.pending"), Some(("frame_1.jpg", true, "abc")));
+        assert_eq!(
+            parse_pending(".frame_1.jpg.abc.pending"),
+            Some(("frame_1.jpg", false, "abc"))
+        );
+        assert_eq!(
+            parse_pending(".frame_1.jpg.meta.abc.pending"),
+            Some(("frame_1.jpg", true, "abc"))
+        );
         assert_eq!(parse_pending("frame_1.jpg"), None);
         assert_eq!(parse_pending("frame_1.jpg.meta"), None);
     }

@@ -70,9 +70,15 @@ impl Sidecar {
     pub(crate) fn parse(bytes: &[u8]) -> Result<(EntryKey, EntryMeta), String> {
         let s: Sidecar = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
         if s.format_version != SIDECAR_VERSION {
-            return Err(format!("sidecar format_version {} is not {SIDECAR_VERSION}", s.format_version));
+            return Err(format!(
+                "sidecar format_version {} is not {SIDECAR_VERSION}",
+                s.format_version
+            ));
         }
-        let version: Version = s.version.parse().map_err(|e: strata_proto::Error| e.to_string())?;
+        let version: Version = s
+            .version
+            .parse()
+            .map_err(|e: strata_proto::Error| e.to_string())?;
         let checksum = s
             .checksum
             .strip_prefix("crc32c:")
@@ -115,7 +121,13 @@ mod tests {
         );
         let json = Sidecar::new(&key, &entry.meta).to_json();
         let text = String::from_utf8(json.clone()).unwrap();
-        for field in ["\"key\": \"video:abc123:transcript\"", "\"ttl\": 604800.0", "\"size_bytes\": 5", "\"format\": \"bytes\"", "\"version\": \"1732492800123.2@3\""] {
+        for field in [
+            "\"key\": \"video:abc123:transcript\"",
+            "\"ttl\": 604800.0",
+            "\"size_bytes\": 5",
+            "\"format\": \"bytes\"",
+            "\"version\": \"1732492800123.2@3\"",
+        ] {
             assert!(text.contains(field), "{field} missing from\n{text}");
         }
         let (k, meta) = Sidecar::parse(&json).unwrap();
