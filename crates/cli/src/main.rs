@@ -15,10 +15,16 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use strata_proto::{EntryKey, Key, Namespace, Value};
-use strata_store::{FsConfig, FsTier, MemoryConfig, MemoryTier, Pattern, SetPolicy, Tier, Tiered, system_clock};
+use strata_store::{
+    FsConfig, FsTier, MemoryConfig, MemoryTier, Pattern, SetPolicy, Tier, Tiered, system_clock,
+};
 
 #[derive(Parser)]
-#[command(name = "strata", version, about = "Strata: a distributed, tiered cache for fleets of AI agents")]
+#[command(
+    name = "strata",
+    version,
+    about = "Strata: a distributed, tiered cache for fleets of AI agents"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -97,17 +103,29 @@ fn run_local(local: Local) -> Result<ExitCode> {
     let clock = system_clock();
     let mut config = FsConfig::new(&local.dir);
     config.cleanup_interval_secs = 0;
-    let fs = FsTier::open(config, clock.clone()).with_context(|| format!("opening {}", local.dir.display()))?;
+    let fs = FsTier::open(config, clock.clone())
+        .with_context(|| format!("opening {}", local.dir.display()))?;
     // Listing needs the startup scan; single-key commands do not wait for it.
     let memory = MemoryTier::new(MemoryConfig::default(), clock.clone());
-    let store = Tiered::new(vec![Arc::new(memory), Arc::new(fs.clone())], SetPolicy::All, clock)?;
+    let store = Tiered::new(
+        vec![Arc::new(memory), Arc::new(fs.clone())],
+        SetPolicy::All,
+        clock,
+    )?;
     let namespace = Namespace::new(&local.namespace)?;
     let key = |k: &str| -> Result<EntryKey> { Ok(EntryKey::new(namespace.clone(), Key::new(k)?)) };
     match local.op {
-        LocalOp::Set { key: k, value, file, ttl } => {
+        LocalOp::Set {
+            key: k,
+            value,
+            file,
+            ttl,
+        } => {
             let bytes = match (value, file) {
                 (Some(v), None) => v.into_bytes(),
-                (None, Some(path)) => std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?,
+                (None, Some(path)) => {
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
+                }
                 (None, None) => {
                     let mut buf = Vec::new();
                     std::io::stdin().read_to_end(&mut buf)?;
@@ -123,7 +141,8 @@ fn run_local(local: Local) -> Result<ExitCode> {
             };
             let payload = strata_proto::encode_payload(&entry.value).to_bytes();
             match out {
-                Some(path) => std::fs::write(&path, &payload).with_context(|| format!("writing {}", path.display()))?,
+                Some(path) => std::fs::write(&path, &payload)
+                    .with_context(|| format!("writing {}", path.display()))?,
                 None => std::io::stdout().write_all(&payload)?,
             }
         }
@@ -136,12 +155,20 @@ fn run_local(local: Local) -> Result<ExitCode> {
             let pattern = pattern.as_deref().map(Pattern::new).transpose()?;
             let keys = store.list_keys(&namespace, pattern.as_ref(), meta || local.json)?;
             if local.json {
-                let rows: Vec<_> = keys.iter().map(|(k, m)| serde_json::json!({"key": k, "meta": m})).collect();
+                let rows: Vec<_> = keys
+                    .iter()
+                    .map(|(k, m)| serde_json::json!({"key": k, "meta": m}))
+                    .collect();
                 println!("{}", serde_json::to_string_pretty(&rows)?);
             } else {
                 for (k, m) in keys {
                     match m {
-                        Some(m) => println!("{k}\t{} bytes\t{}\tversion {}", m.size_bytes, m.format.name(), m.version),
+                        Some(m) => println!(
+                            "{k}\t{} bytes\t{}\tversion {}",
+                            m.size_bytes,
+                            m.format.name(),
+                            m.version
+                        ),
                         None => println!("{k}"),
                     }
                 }
@@ -162,9 +189,15 @@ fn run_local(local: Local) -> Result<ExitCode> {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 let m = &stats.manager;
-                println!("entries {}  size {} bytes  hit rate {:.2}", m.total_files, m.size_bytes, m.hit_rate);
+                println!(
+                    "entries {}  size {} bytes  hit rate {:.2}",
+                    m.total_files, m.size_bytes, m.hit_rate
+                );
                 for (name, t) in &stats.tiers {
-                    println!("{name:<12} entries {:<8} bytes {:<12} evictions {:<6} expired {:<6} corrupt {}", t.entries, t.size_bytes, t.evictions, t.expired, t.corrupt);
+                    println!(
+                        "{name:<12} entries {:<8} bytes {:<12} evictions {:<6} expired {:<6} corrupt {}",
+                        t.entries, t.size_bytes, t.evictions, t.expired, t.corrupt
+                    );
                 }
             }
         }

@@ -20,8 +20,16 @@ fn strata(dir: &Path, args: &[&str]) -> Output {
 fn set_get_keys_del_with_contract_exit_codes() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    assert!(strata(d, &["set", "video:abc123:transcript", "hello world"]).status.success());
-    assert!(strata(d, &["--namespace", "other", "set", "x", "y"]).status.success());
+    assert!(
+        strata(d, &["set", "video:abc123:transcript", "hello world"])
+            .status
+            .success()
+    );
+    assert!(
+        strata(d, &["--namespace", "other", "set", "x", "y"])
+            .status
+            .success()
+    );
 
     let got = strata(d, &["get", "video:abc123:transcript"]);
     assert!(got.status.success());
@@ -33,15 +41,32 @@ fn set_get_keys_del_with_contract_exit_codes() {
 
     let keys = strata(d, &["keys", "video:*", "--meta"]);
     let text = String::from_utf8(keys.stdout).unwrap();
-    assert!(text.starts_with("video:abc123:transcript\t11 bytes\tbytes"), "{text}");
+    assert!(
+        text.starts_with("video:abc123:transcript\t11 bytes\tbytes"),
+        "{text}"
+    );
 
     let json = strata(d, &["--json", "keys"]);
     let rows: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
-    assert_eq!(rows.as_array().unwrap().len(), 1, "namespaces are separate: {rows}");
+    assert_eq!(
+        rows.as_array().unwrap().len(),
+        1,
+        "namespaces are separate: {rows}"
+    );
 
-    assert!(strata(d, &["del", "video:abc123:transcript"]).status.success());
-    assert_eq!(strata(d, &["del", "video:abc123:transcript"]).status.code(), Some(1));
-    assert!(d.join("other/x.bin").exists(), "the data directory is the filesystem tier");
+    assert!(
+        strata(d, &["del", "video:abc123:transcript"])
+            .status
+            .success()
+    );
+    assert_eq!(
+        strata(d, &["del", "video:abc123:transcript"]).status.code(),
+        Some(1)
+    );
+    assert!(
+        d.join("other/x.bin").exists(),
+        "the data directory is the filesystem tier"
+    );
 }
 
 #[test]

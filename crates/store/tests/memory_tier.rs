@@ -10,7 +10,10 @@ use strata_proto::{EntryKey, Key, Namespace, Value};
 use strata_store::{MemoryConfig, MemoryTier, Tier, system_clock};
 
 fn key(i: usize) -> EntryKey {
-    EntryKey::new(Namespace::default_namespace(), Key::new(format!("k:{i}")).unwrap())
+    EntryKey::new(
+        Namespace::default_namespace(),
+        Key::new(format!("k:{i}")).unwrap(),
+    )
 }
 
 #[test]
@@ -23,7 +26,11 @@ fn stays_within_its_byte_bound_and_counts_evictions() {
     let stats = tier.stats();
     assert!(stats.size_bytes <= 1 << 20, "{stats:?}");
     assert!(stats.entries < 1000 && stats.entries > 200, "{stats:?}");
-    assert_eq!(stats.evictions, 1000 - stats.entries, "every entry not held was evicted: {stats:?}");
+    assert_eq!(
+        stats.evictions,
+        1000 - stats.entries,
+        "every entry not held was evicted: {stats:?}"
+    );
     // Least recently used go first: the newest entry is still there, the oldest is not.
     assert!(tier.get(&key(999)).unwrap().is_some());
     assert!(tier.get(&key(0)).unwrap().is_none());
@@ -32,7 +39,12 @@ fn stays_within_its_byte_bound_and_counts_evictions() {
 #[test]
 fn expired_entries_leave_memory_without_being_read() {
     let tier = MemoryTier::new(MemoryConfig::default(), system_clock());
-    tier.set(&key(1), Value::Bytes(Bytes::from_static(b"x")), Some(Duration::from_millis(50))).unwrap();
+    tier.set(
+        &key(1),
+        Value::Bytes(Bytes::from_static(b"x")),
+        Some(Duration::from_millis(50)),
+    )
+    .unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
         let stats = tier.stats(); // settles moka's pending work, which runs its expiry
@@ -40,7 +52,10 @@ fn expired_entries_leave_memory_without_being_read() {
             assert_eq!(stats.expired, 1, "{stats:?}");
             break;
         }
-        assert!(std::time::Instant::now() < deadline, "entry never expired: {stats:?}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "entry never expired: {stats:?}"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }

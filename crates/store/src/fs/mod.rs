@@ -943,6 +943,18 @@ impl Inner {
             }
         };
         let _write = self.stripe(&key).write();
+        // The sidecar was read before the lock (it names the key, and so the lock): a live
+        // write may have replaced the entry since. Judge the files by what is there now.
+        let meta = match read_if_exists(&files.meta)? {
+            None => return Ok(()), // Deleted meanwhile.
+            Some(again) if again == bytes => meta,
+            Some(again) => match Sidecar::parse(&again) {
+                Ok((found, meta)) if found == key => meta,
+                // Rewritten by a live write (of another key under the hashed fallback),
+                // which indexed its entry itself.
+                _ => return Ok(()),
+            },
+        };
         let expected = self.files(
             &entry_path(&key.namespace, &key.key),
             meta.format.extension(),
