@@ -295,6 +295,14 @@ fn startup_scan_drops_torn_orphaned_and_misplaced_entries() {
         )
         .unwrap();
         std::fs::remove_file(meta_of(&data_of(&tier, &orphan))).unwrap();
+        // Left over from long ago: the scan removes only payloads older than itself.
+        let an_hour_ago = std::time::SystemTime::now() - Duration::from_secs(3600);
+        std::fs::File::options()
+            .write(true)
+            .open(data_of(&tier, &orphan))
+            .unwrap()
+            .set_modified(an_hour_ago)
+            .unwrap();
         std::fs::remove_file(data_of(&tier, &bodiless)).unwrap();
         // A copy of a good entry under a path its key does not map to.
         let misplaced = dir.path().join("default/elsewhere.bin");

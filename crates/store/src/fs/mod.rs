@@ -40,12 +40,13 @@
 pub mod layout;
 mod sidecar;
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashSet;
 use std::fs::{self, File, OpenOptions};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Weak};
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
@@ -135,6 +136,29 @@ impl FsConfig {
 #[derive(Clone)]
 pub struct FsTier {
     inner: Arc<Inner>,
+    _open: Arc<Opened>,
+}
+
+/// Held only by user handles (never by the tier's own threads): when the last handle goes,
+/// it stops and joins the background threads, flushes, and only then releases the directory
+/// lock — so the directory can be opened again at once, and never by two tiers at a time.
+struct Opened {
+    inner: Arc<Inner>,
+    threads: Vec<JoinHandle<()>>,
+    /// The directory's advisory lock, released last.
+    _lock: File,
+}
+
+impl Drop for Opened {
+    fn drop(&mut self) {
+        self.inner.stop.stop();
+        for thread in self.threads.drain(..) {
+            let _ = thread.join();
+        }
+        if self.inner.config.fsync == FsyncPolicy::Periodic {
+            self.inner.flush_dirty();
+        }
+    }
 }
 
 impl std::fmt::Debug for FsTier {
@@ -159,17 +183,6 @@ struct Inner {
     /// Identifies this opening of the directory in the names of pending files.
     boot: String,
     stop: Arc<StopSignal>,
-    /// Holds the directory's advisory lock for as long as the tier is open.
-    _lock: File,
-}
-
-impl Drop for Inner {
-    fn drop(&mut self) {
-        self.stop.stop();
-        if self.config.fsync == FsyncPolicy::Periodic {
-            self.flush_dirty();
-        }
-    }
 }
 
 struct Index {
@@ -305,11 +318,18 @@ impl FsTier {
             dirty: Mutex::new(HashSet::new()),
             boot,
             stop: Arc::new(StopSignal::default()),
-            _lock: lock,
             config,
         });
-        inner.start_background()?;
-        Ok(Self { inner })
+        let threads = inner.start_background()?;
+        let opened = Opened {
+            inner: Arc::clone(&inner),
+            threads,
+            _lock: lock,
+        };
+        Ok(Self {
+            inner,
+            _open: Arc::new(opened),
+        })
     }
 
     /// The base directory.
@@ -350,9 +370,10 @@ fn check_dir_format(private: &Path) -> Result<()> {
 }
 
 impl Inner {
-    fn start_background(self: &Arc<Self>) -> Result<()> {
+    fn start_background(self: &Arc<Self>) -> Result<Vec<JoinHandle<()>>> {
+        let mut threads = Vec::new();
         let weak = Arc::downgrade(self);
-        std::thread::Builder::new()
+        let scan = std::thread::Builder::new()
             .name("strata-fs-scan".into())
             .spawn(move || {
                 if let Some(inner) = weak.upgrade() {
@@ -360,9 +381,10 @@ impl Inner {
                 }
             })
             .map_err(|e| Error::io("spawn scan thread", &self.base, e))?;
+        threads.push(scan);
         if self.config.cleanup_interval_secs > 0 {
             let weak: Weak<Self> = Arc::downgrade(self);
-            Periodic::spawn(
+            let janitor = Periodic::spawn(
                 "strata-fs-janitor",
                 Duration::from_secs(self.config.cleanup_interval_secs),
                 Arc::clone(&self.stop),
@@ -377,10 +399,11 @@ impl Inner {
                 },
             )
             .map_err(|e| Error::io("spawn janitor thread", &self.base, e))?;
+            threads.push(janitor);
         }
         if self.config.fsync == FsyncPolicy::Periodic {
             let weak: Weak<Self> = Arc::downgrade(self);
-            Periodic::spawn(
+            let flusher = Periodic::spawn(
                 "strata-fs-flush",
                 Duration::from_millis(self.config.fsync_interval_ms.max(1)),
                 Arc::clone(&self.stop),
@@ -393,8 +416,9 @@ impl Inner {
                 },
             )
             .map_err(|e| Error::io("spawn flush thread", &self.base, e))?;
+            threads.push(flusher);
         }
-        Ok(())
+        Ok(threads)
     }
 
     fn wait_ready(&self, timeout: Option<Duration>) -> bool {
@@ -654,6 +678,7 @@ impl Inner {
             if let Some(old) = previous.filter(|old| *old != ext) {
                 self.files(&path, old).remove()?;
             }
+            self.remove_unsettled(&path, ext)?;
             self.index.lock().insert(
                 key.clone(),
                 Indexed {
@@ -724,12 +749,27 @@ impl Inner {
         let files = self.files(&path, ext);
         let existed = files.meta.exists();
         files.remove()?;
+        self.remove_unsettled(&path, ext)?;
         let indexed = self.index.lock().remove(key).is_some();
         let removed = existed || indexed;
         if removed {
             Counters::bump(&self.counters.deletes);
         }
         Ok(removed)
+    }
+
+    /// Until the startup scan has settled the directory, a killed write may have left older
+    /// entries of a key under other extensions than the one just written or deleted (the new
+    /// file committed, the old one not yet removed): remove them all, or a probing read or the
+    /// scan would bring one back. Call with the key's stripe lock held.
+    fn remove_unsettled(&self, path: &EntryPath, keep: &str) -> Result<()> {
+        if *self.ready.lock() {
+            return Ok(());
+        }
+        for ext in Format::EXTENSIONS.into_iter().filter(|e| *e != keep) {
+            self.files(path, ext).remove()?;
+        }
+        Ok(())
     }
 
     fn metadata(&self, key: &EntryKey) -> Result<Option<EntryMeta>> {
@@ -863,7 +903,7 @@ impl Inner {
     ) -> Result<()> {
         let read = fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))?;
         let mut sidecars = Vec::new();
-        let mut payloads = HashMap::new();
+        let mut payloads = HashSet::new();
         let mut pending_targets = HashSet::new();
         for entry in read.flatten() {
             let path = entry.path();
@@ -886,7 +926,7 @@ impl Inner {
             } else if let Some(data) = name.strip_suffix(".meta") {
                 sidecars.push(data.to_owned());
             } else {
-                payloads.insert(name, entry);
+                payloads.insert(name);
             }
         }
         // Interrupted writes first, so the sidecars below describe settled entries.
@@ -907,19 +947,22 @@ impl Inner {
             payloads.remove(&data_name);
             self.scan_entry(dir, &data_name)?;
         }
-        // Payloads with no sidecar: a delete or a write that died half way. Files written
-        // since the scan began may belong to a live write, so only older ones go.
-        for (name, entry) in payloads {
-            let old = entry
-                .metadata()
+        // Payloads with no sidecar: a delete or a write that died half way. The listing is
+        // not atomic and a live write commits its sidecar before its payload, so look again
+        // just before removing: a payload whose sidecar now exists, or that was written
+        // since shortly before the scan began (file times are coarse), may be a live write's.
+        let cutoff = started - Duration::from_secs(2);
+        for name in payloads {
+            let path = dir.join(&name);
+            let sidecar = dir.join(format!("{name}.meta"));
+            let old = fs::metadata(&path)
                 .and_then(|m| m.modified())
-                .is_ok_and(|m| m < started);
-            if old && dir.starts_with(&self.base) && dir != self.base {
-                tracing::warn!(file = %entry.path().display(), "removing payload without a sidecar");
-                remove_if_exists(&entry.path())?;
+                .is_ok_and(|m| m < cutoff);
+            if old && !sidecar.exists() && dir != self.base {
+                tracing::warn!(file = %path.display(), "removing payload without a sidecar");
+                remove_if_exists(&path)?;
                 Counters::bump(&self.counters.corrupt);
             }
-            let _ = name;
         }
         Ok(())
     }
