@@ -16,6 +16,7 @@
 //!   [`Timestamp`].
 //! - [`codec`]: the payload codec that turns a value into the bytes kept on disk (raw bytes,
 //!   `.npy` tensors, JPEG frames, JSON records) and back, with its checksum.
+//! - [`wire`]: the client–node protocol: framing, requests, responses, wire errors.
 //! - [`error`]: the [`Error`] enum for everything above.
 
 pub mod codec;
@@ -25,6 +26,7 @@ pub mod key;
 pub mod meta;
 pub mod value;
 pub mod version;
+pub mod wire;
 
 pub use codec::{Payload, checksum, decode_payload, encode_payload};
 pub use entry::Entry;

@@ -71,7 +71,7 @@ impl fmt::Display for Timestamp {
 /// What kind of value an entry holds and how its payload is laid out. Recorded in the
 /// metadata, so a payload can be decoded (and checked) without guessing.
 #[derive(Clone, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
-#[serde(tag = "kind", rename_all = "lowercase")]
+#[serde(rename_all = "lowercase")]
 pub enum Format {
     /// Opaque bytes; stored as `.bin`.
     Bytes,

@@ -71,6 +71,8 @@ const DIR_FORMAT: u32 = 1;
 /// Number of per-key lock stripes. Enough that unrelated keys rarely share one on a
 /// many-core node, few enough to cost nothing.
 const STRIPES: usize = 256;
+/// How long `open` waits for the directory lock before reporting it held by another process.
+const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// When written files are flushed to stable storage.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
@@ -290,10 +292,19 @@ impl FsTier {
             .write(true)
             .open(&lock_path)
             .map_err(|e| Error::io("open", &lock_path, e))?;
-        match lock.try_lock() {
-            Ok(()) => {}
-            Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
-            Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+        // A lock just released can stay held for a moment: a child forked by another thread
+        // of this process shares the lock's file description until it executes its program.
+        // So wait a little before deciding that another process owns the directory.
+        let deadline = Instant::now() + LOCK_WAIT;
+        loop {
+            match lock.try_lock() {
+                Ok(()) => break,
+                Err(fs::TryLockError::WouldBlock) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                Err(fs::TryLockError::WouldBlock) => return Err(Error::Locked { path: lock_path }),
+                Err(fs::TryLockError::Error(e)) => return Err(Error::io("lock", &lock_path, e)),
+            }
         }
         let boot = format!(
             "{:x}{:x}",

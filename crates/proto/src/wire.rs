@@ -1,0 +1,609 @@
+//! The wire protocol between clients and nodes.
+//!
+//! # Streams
+//! Every request travels on its own bidirectional QUIC stream, so one connection carries many
+//! requests at once with no head-of-line blocking between them. The client writes one
+//! [`RequestFrame`], then the bodies of any streamed values, and finishes its side; the node
+//! answers with one [`ResponseFrame`], then the bodies of any streamed values, and finishes.
+//! Request ids are echoed in responses, so a response can always be matched and logged.
+//!
+//! # Frames
+//! A frame is a fixed 10-byte header followed by a postcard-encoded body:
+//!
+//! ```text
+//! +------+---------+-------+-------------+------------------------+
+//! | STRA | version | flags | length (LE) | postcard(RequestFrame) |
+//! |  4 B |   1 B   |  1 B  |     4 B     |       length bytes     |
+//! +------+---------+-------+-------------+------------------------+
+//! ```
+//!
+//! The header is checked before the body is read: a wrong magic, an unknown version or a
+//! declared length above the receiver's limit is refused with a clear [`WireError`] without
+//! allocating anything.
+//!
+//! # Values
+//! A value travels as its [`Format`] plus its payload in the stored form of
+//! [`codec`](crate::codec) (so tensors arrive as `.npy` bytes with 64-byte-aligned data, ready
+//! for zero-copy views). Small payloads are [`Body::Inline`] in the frame. Larger ones are
+//! [`Body::Streamed`]: the frame declares the length and the raw bytes follow the frame on
+//! the stream, in the order the bodies appear in the frame, sent in chunks under QUIC's flow
+//! control. The receiver checks every declared length against its value limit before it
+//! allocates, and reads each body straight into the buffer the value will keep, so no value
+//! is ever held whole twice.
+//!
+//! Keys and namespaces are plain strings on the wire and are validated by the receiver, so a
+//! bad one gets an error that says what is wrong with it rather than a decoding failure.
+
+use bytes::{BufMut, Bytes, BytesMut};
+use serde::{Deserialize, Serialize};
+
+use crate::codec::{decode_payload, encode_payload};
+use crate::meta::{EntryMeta, Format};
+use crate::value::Value;
+use crate::version::NodeId;
+
+/// First bytes of every frame.
+pub const MAGIC: [u8; 4] = *b"STRA";
+/// The protocol version this build speaks.
+pub const PROTOCOL_VERSION: u8 = 1;
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 10;
+/// ALPN protocol name negotiated in the TLS handshake.
+pub const ALPN: &[u8] = b"strata/1";
+/// Default largest frame body (16 MiB): bounds batch frames; large values are streamed
+/// outside the frame.
+pub const DEFAULT_MAX_FRAME_BYTES: u32 = 16 << 20;
+/// Default payload size above which values are streamed rather than inlined (256 KiB).
+pub const DEFAULT_CHUNK_BYTES: usize = 256 << 10;
+/// Default largest value (256 MiB).
+pub const DEFAULT_MAX_VALUE_BYTES: u64 = 256 << 20;
+
+/// A checked frame header.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct FrameHeader {
+    /// Protocol version of the frame.
+    pub version: u8,
+    /// Reserved; zero.
+    pub flags: u8,
+    /// Length of the body that follows.
+    pub len: u32,
+}
+
+impl FrameHeader {
+    /// Parses and checks a header: magic, version, and `len <= max_len`.
+    pub fn parse(bytes: &[u8; HEADER_LEN], max_len: u32) -> Result<Self, WireError> {
+        if bytes[..4] != MAGIC {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                "not a Strata frame (bad magic)",
+            ));
+        }
+        let version = bytes[4];
+        if version != PROTOCOL_VERSION {
+            return Err(WireError::new(
+                ErrorCode::UnsupportedVersion,
+                format!(
+                    "protocol version {version} is not supported (this node speaks {PROTOCOL_VERSION})"
+                ),
+            ));
+        }
+        let len = u32::from_le_bytes([bytes[6], bytes[7], bytes[8], bytes[9]]);
+        if len > max_len {
+            return Err(WireError::new(
+                ErrorCode::TooLarge,
+                format!("frame of {len} bytes exceeds the {max_len}-byte limit"),
+            ));
+        }
+        Ok(Self {
+            version,
+            flags: bytes[5],
+            len,
+        })
+    }
+}
+
+/// Encodes a message as one frame (header and body).
+pub fn encode_frame<T: Serialize>(message: &T) -> Bytes {
+    // Encoding our own plain data types into memory cannot fail.
+    let body = postcard::to_allocvec(message).unwrap_or_default();
+    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
+    out.put_slice(&MAGIC);
+    out.put_u8(PROTOCOL_VERSION);
+    out.put_u8(0);
+    out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
+    out.put_slice(&body);
+    out.freeze()
+}
+
+/// Decodes a frame body.
+pub fn decode_body<'a, T: Deserialize<'a>>(body: &'a [u8]) -> Result<T, WireError> {
+    postcard::from_bytes(body).map_err(|e| {
+        WireError::new(
+            ErrorCode::Malformed,
+            format!("frame body does not decode: {e}"),
+        )
+    })
+}
+
+/// A request with its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RequestFrame {
+    /// Chosen by the client, echoed in the response.
+    pub id: u64,
+    /// The ring epoch the client routed by (0 when it has none).
+    pub epoch: u64,
+    /// The operation.
+    pub request: Request,
+}
+
+/// A response with the id of its request.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseFrame {
+    /// The request's id.
+    pub id: u64,
+    /// The outcome.
+    pub response: Response,
+}
+
+/// How a value's payload travels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Body {
+    /// In the frame.
+    Inline(Bytes),
+    /// After the frame, this many bytes.
+    Streamed(u64),
+}
+
+impl Body {
+    /// Length of the payload.
+    pub fn len(&self) -> u64 {
+        match self {
+            Body::Inline(b) => b.len() as u64,
+            Body::Streamed(n) => *n,
+        }
+    }
+
+    /// Whether the payload is empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// A value on the wire: its format and how its payload travels.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireValue {
+    /// How to decode the payload.
+    pub format: Format,
+    /// The payload, or its length if it follows the frame.
+    pub body: Body,
+}
+
+/// An entry on the wire.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WireEntry {
+    /// Its metadata.
+    pub meta: EntryMeta,
+    /// Its payload, or its length if it follows the frame.
+    pub body: Body,
+}
+
+/// Splits a value into its wire form and the payload bytes that must follow the frame (if the
+/// payload is larger than `inline_limit`). The streamed parts are the payload's own buffers.
+pub fn split_value(value: &Value, inline_limit: usize) -> (WireValue, Option<[Bytes; 2]>) {
+    let payload = encode_payload(value);
+    let format = value.format();
+    if payload.len() <= inline_limit {
+        let body = Body::Inline(payload.to_bytes());
+        (WireValue { format, body }, None)
+    } else {
+        let body = Body::Streamed(payload.len() as u64);
+        (
+            WireValue { format, body },
+            Some([payload.header, payload.body]),
+        )
+    }
+}
+
+/// Rebuilds a value from its format and complete payload.
+pub fn join_value(format: &Format, payload: Bytes) -> Result<Value, WireError> {
+    decode_payload(format, payload)
+        .map_err(|e| WireError::new(ErrorCode::InvalidValue, e.to_string()))
+}
+
+/// Operations a client can ask of a node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Request {
+    /// Liveness and identity.
+    Ping,
+    /// Read one entry.
+    Get {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Write one entry.
+    Set {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// Time to live in milliseconds; none means no expiry.
+        ttl_ms: Option<u64>,
+        /// The value.
+        value: WireValue,
+    },
+    /// Delete one entry.
+    Delete {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Whether an entry exists.
+    Exists {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// An entry's metadata.
+    Metadata {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+    },
+    /// Delete every entry matching a glob pattern (all, if none).
+    Clear {
+        /// Namespace.
+        namespace: String,
+        /// Glob pattern over keys.
+        pattern: Option<String>,
+    },
+    /// List keys matching a pattern, a page at a time.
+    ListKeys {
+        /// Namespace.
+        namespace: String,
+        /// Glob pattern over keys.
+        pattern: Option<String>,
+        /// Include each key's metadata.
+        with_meta: bool,
+        /// Continue after this key (from the previous page's `next`).
+        after: Option<String>,
+        /// Most keys in this page.
+        limit: u32,
+    },
+    /// Counters and sizes of the node's tiers, as JSON.
+    Stats,
+    /// Read many entries.
+    GetMany {
+        /// Namespace.
+        namespace: String,
+        /// Keys.
+        keys: Vec<String>,
+    },
+    /// Write many entries.
+    SetMany {
+        /// Namespace.
+        namespace: String,
+        /// Time to live in milliseconds for all of them.
+        ttl_ms: Option<u64>,
+        /// Keys and values.
+        items: Vec<(String, WireValue)>,
+    },
+}
+
+impl Request {
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Request::Ping => "ping",
+            Request::Get { .. } => "get",
+            Request::Set { .. } => "set",
+            Request::Delete { .. } => "delete",
+            Request::Exists { .. } => "exists",
+            Request::Metadata { .. } => "metadata",
+            Request::Clear { .. } => "clear",
+            Request::ListKeys { .. } => "list_keys",
+            Request::Stats => "stats",
+            Request::GetMany { .. } => "get_many",
+            Request::SetMany { .. } => "set_many",
+        }
+    }
+
+    /// The bodies that follow this request's frame, in order.
+    pub fn streamed_lengths(&self) -> Vec<u64> {
+        let values: Vec<&WireValue> = match self {
+            Request::Set { value, .. } => vec![value],
+            Request::SetMany { items, .. } => items.iter().map(|(_, v)| v).collect(),
+            _ => Vec::new(),
+        };
+        values
+            .into_iter()
+            .filter_map(|v| match v.body {
+                Body::Streamed(n) => Some(n),
+                Body::Inline(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// What a node answers.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Response {
+    /// Answer to [`Request::Ping`].
+    Pong {
+        /// The node's id.
+        node: NodeId,
+        /// The node's protocol version.
+        protocol: u8,
+    },
+    /// Answer to [`Request::Get`]; `None` is a miss.
+    Entry(Option<WireEntry>),
+    /// A write succeeded.
+    Stored,
+    /// Answer to [`Request::Delete`]: whether the key existed.
+    Deleted(bool),
+    /// Answer to [`Request::Exists`].
+    Exists(bool),
+    /// Answer to [`Request::Metadata`].
+    Metadata(Option<EntryMeta>),
+    /// Answer to [`Request::Clear`]: how many entries were removed.
+    Cleared(u64),
+    /// A page of keys, and where the next one starts (none at the end).
+    Keys {
+        /// Keys with optional metadata.
+        keys: Vec<(String, Option<EntryMeta>)>,
+        /// Pass as `after` for the next page.
+        next: Option<String>,
+    },
+    /// Node statistics as JSON text.
+    Stats(String),
+    /// Answer to [`Request::GetMany`], in request order.
+    Entries(Vec<Option<WireEntry>>),
+    /// Answer to [`Request::SetMany`]: one outcome per item, in request order.
+    StoredMany(Vec<Option<WireError>>),
+    /// The request failed.
+    Error(WireError),
+}
+
+impl Response {
+    /// The bodies that follow this response's frame, in order.
+    pub fn streamed_lengths(&self) -> Vec<u64> {
+        let entries: Vec<&WireEntry> = match self {
+            Response::Entry(Some(e)) => vec![e],
+            Response::Entries(es) => es.iter().flatten().collect(),
+            _ => Vec::new(),
+        };
+        entries
+            .into_iter()
+            .filter_map(|e| match e.body {
+                Body::Streamed(n) => Some(n),
+                Body::Inline(_) => None,
+            })
+            .collect()
+    }
+}
+
+/// Why a request failed, as sent to the client.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[error("{code:?}: {message}")]
+pub struct WireError {
+    /// What kind of failure.
+    pub code: ErrorCode,
+    /// What happened, for a person.
+    pub message: String,
+}
+
+impl WireError {
+    /// An error of `code` saying `message`.
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
+        Self {
+            code,
+            message: message.into(),
+        }
+    }
+
+    /// Whether sending the same request again may succeed.
+    pub fn is_retryable(&self) -> bool {
+        self.code.is_retryable()
+    }
+}
+
+/// Kinds of failure a node reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ErrorCode {
+    /// The frame or its body could not be decoded.
+    Malformed,
+    /// The frame's protocol version is not spoken here.
+    UnsupportedVersion,
+    /// A declared length exceeds a limit.
+    TooLarge,
+    /// The namespace breaks the naming rules.
+    InvalidNamespace,
+    /// The key breaks the key rules.
+    InvalidKey,
+    /// The value is malformed (bad tensor shape, wrong image signature, ...).
+    InvalidValue,
+    /// The glob pattern does not parse.
+    InvalidPattern,
+    /// The node's disk is full; nothing was changed.
+    NoSpace,
+    /// The node is shutting down or overloaded; try again (elsewhere).
+    Unavailable,
+    /// The request took longer than the node allows.
+    Timeout,
+    /// Anything else on the node's side.
+    Internal,
+}
+
+impl ErrorCode {
+    /// Whether the same request may succeed if sent again.
+    pub fn is_retryable(self) -> bool {
+        matches!(self, ErrorCode::Unavailable | ErrorCode::Timeout)
+    }
+}
+
+impl From<crate::Error> for WireError {
+    fn from(e: crate::Error) -> Self {
+        let code = match &e {
+            crate::Error::InvalidNamespace { .. } => ErrorCode::InvalidNamespace,
+            crate::Error::InvalidKey { .. } => ErrorCode::InvalidKey,
+            crate::Error::Corrupt(_) => ErrorCode::Internal,
+            _ => ErrorCode::InvalidValue,
+        };
+        WireError::new(code, e.to_string())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::value::Tensor;
+
+    fn header(frame: &Bytes) -> [u8; HEADER_LEN] {
+        frame[..HEADER_LEN].try_into().unwrap()
+    }
+
+    #[test]
+    fn frames_round_trip() {
+        let req = RequestFrame {
+            id: 7,
+            epoch: 3,
+            request: Request::Get {
+                namespace: "default".into(),
+                key: "video:abc123:keyframes".into(),
+            },
+        };
+        let frame = encode_frame(&req);
+        let h = FrameHeader::parse(&header(&frame), DEFAULT_MAX_FRAME_BYTES).unwrap();
+        assert_eq!(h.len as usize, frame.len() - HEADER_LEN);
+        let back: RequestFrame = decode_body(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(back, req);
+    }
+
+    #[test]
+    fn bad_headers_are_refused_before_reading_the_body() {
+        let frame = encode_frame(&RequestFrame {
+            id: 1,
+            epoch: 0,
+            request: Request::Ping,
+        });
+        let mut h = header(&frame);
+        h[0] = b'X';
+        assert_eq!(
+            FrameHeader::parse(&h, 1024).unwrap_err().code,
+            ErrorCode::Malformed
+        );
+        let mut h = header(&frame);
+        h[4] = 9;
+        let err = FrameHeader::parse(&h, 1024).unwrap_err();
+        assert_eq!(err.code, ErrorCode::UnsupportedVersion);
+        assert!(err.message.contains("version 9"));
+        let mut h = header(&frame);
+        h[6..10].copy_from_slice(&u32::MAX.to_le_bytes());
+        assert_eq!(
+            FrameHeader::parse(&h, 1024).unwrap_err().code,
+            ErrorCode::TooLarge
+        );
+    }
+
+    #[test]
+    fn truncated_or_garbage_bodies_are_malformed() {
+        let frame = encode_frame(&RequestFrame {
+            id: 1,
+            epoch: 0,
+            request: Request::Stats,
+        });
+        assert!(decode_body::<RequestFrame>(&frame[HEADER_LEN..frame.len() - 1]).is_err());
+        assert_eq!(
+            decode_body::<RequestFrame>(&[0xff; 12]).unwrap_err().code,
+            ErrorCode::Malformed
+        );
+    }
+
+    #[test]
+    fn large_values_are_streamed_from_their_own_buffers() {
+        let tensor = Tensor::from_slice(vec![100_000], &vec![1.0f32; 100_000]).unwrap();
+        let value = Value::Tensor(tensor.clone());
+        let (wire, streamed) = split_value(&value, DEFAULT_CHUNK_BYTES);
+        let [header, body] = streamed.expect("400 KB is streamed");
+        assert_eq!(body.as_ptr(), tensor.data().as_ptr(), "no copy of the data");
+        assert_eq!(
+            wire.body,
+            Body::Streamed((header.len() + body.len()) as u64)
+        );
+        let mut payload = BytesMut::new();
+        payload.extend_from_slice(&header);
+        payload.extend_from_slice(&body);
+        assert_eq!(join_value(&wire.format, payload.freeze()).unwrap(), value);
+
+        let small = Value::from(b"tiny".to_vec());
+        let (wire, streamed) = split_value(&small, DEFAULT_CHUNK_BYTES);
+        assert!(streamed.is_none());
+        let Body::Inline(bytes) = &wire.body else {
+            panic!("inline")
+        };
+        assert_eq!(join_value(&wire.format, bytes.clone()).unwrap(), small);
+    }
+
+    #[test]
+    fn streamed_lengths_follow_frame_order() {
+        let items = vec![
+            (
+                "a".to_owned(),
+                WireValue {
+                    format: Format::Bytes,
+                    body: Body::Streamed(5),
+                },
+            ),
+            (
+                "b".to_owned(),
+                WireValue {
+                    format: Format::Bytes,
+                    body: Body::Inline(Bytes::from_static(b"x")),
+                },
+            ),
+            (
+                "c".to_owned(),
+                WireValue {
+                    format: Format::Bytes,
+                    body: Body::Streamed(9),
+                },
+            ),
+        ];
+        let req = Request::SetMany {
+            namespace: "default".into(),
+            ttl_ms: None,
+            items,
+        };
+        assert_eq!(req.streamed_lengths(), vec![5, 9]);
+    }
+}
+
+#[cfg(test)]
+mod entry_tests {
+    use super::*;
+    use crate::entry::Entry;
+    use crate::meta::Timestamp;
+    use crate::value::Tensor;
+    use crate::version::Version;
+
+    #[test]
+    fn entries_with_metadata_round_trip_through_postcard() {
+        let value = Value::Tensor(Tensor::from_slice(vec![2, 2], &[1.0f32; 4]).unwrap());
+        let entry = Entry::new(value.clone(), Timestamp(5), None, Version::ZERO);
+        let (wire, _) = split_value(&value, DEFAULT_CHUNK_BYTES);
+        let frame = ResponseFrame {
+            id: 9,
+            response: Response::Entry(Some(WireEntry {
+                meta: entry.meta.clone(),
+                body: wire.body,
+            })),
+        };
+        let bytes = encode_frame(&frame);
+        let back: ResponseFrame = decode_body(&bytes[HEADER_LEN..]).unwrap();
+        assert_eq!(back, frame);
+    }
+}
