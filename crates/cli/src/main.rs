@@ -1,23 +1,36 @@
 //! `strata`: the command-line entry point.
 //!
-//! Today it offers `strata local …`, which works directly on a node's data directory (a
-//! memory tier over the filesystem tier, as a node stacks them) with the same verbs and exit
-//! codes as the cluster commands of the CLI contract: `get` of a missing key prints nothing
-//! and exits 1; errors go to stderr and exit 2. The node and cluster commands build on the
-//! same shape.
+//! - `strata get|set|del|keys|clear|stats` talk to a running cluster through the client
+//!   library (`--addr`, `--certs`, `--namespace`, `--json`; see [`cluster`]).
+//! - `strata bench` drives a cluster with load and reports throughput and latency
+//!   percentiles (see [`bench`]).
+//! - `strata node` runs one node; `strata certs init` makes development certificates (see
+//!   [`node`]).
+//! - `strata local …` works directly on a node's data directory with the same verbs (see
+//!   [`local`]).
+//!
+//! Every command follows the CLI contract: `get` of a missing key prints nothing and exits
+//! 1 (so does `del` of a missing key); errors go to stderr and exit 2. Logs go to stderr,
+//! filtered by `STRATA_LOG` (or `RUST_LOG`), warnings only by default.
+//!
+//! # Layout
+//! - `cluster`: the cluster commands and their shared connection options.
+//! - `bench`: the load generator.
+//! - `local`: the data-directory commands.
+//! - `node`: running a node, and certificates.
+//! - `input`, `output`: where values come from; how results are printed.
 
-use std::io::{Read, Write};
-use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::Duration;
 
-use anyhow::{Context, Result};
-use clap::{Args, Parser, Subcommand};
-use strata_proto::{EntryKey, Key, Namespace, Value};
-use strata_store::{
-    FsConfig, FsTier, MemoryConfig, MemoryTier, Pattern, SetPolicy, Tier, Tiered, system_clock,
-};
+use clap::{Parser, Subcommand};
+use tracing_subscriber::EnvFilter;
+
+mod bench;
+mod cluster;
+mod input;
+mod local;
+mod node;
+mod output;
 
 #[derive(Parser)]
 #[command(
@@ -32,63 +45,43 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Work directly on a data directory (no node running on it).
-    Local(Local),
-}
-
-#[derive(Args)]
-struct Local {
-    /// The filesystem tier's directory.
-    #[arg(long, env = "STRATA_DATA_DIR", default_value = "./strata-data/cache")]
-    dir: PathBuf,
-    /// Namespace of the keys.
-    #[arg(long, env = "STRATA_NAMESPACE", default_value = Namespace::DEFAULT)]
-    namespace: String,
-    /// Machine-readable output.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    op: LocalOp,
-}
-
-#[derive(Subcommand)]
-enum LocalOp {
+    /// Print the value stored under a key; exit 1 if the key is missing.
+    Get(cluster::GetArgs),
     /// Store a value (from the argument, --file, or stdin).
-    Set {
-        key: String,
-        value: Option<String>,
-        #[arg(long)]
-        file: Option<PathBuf>,
-        /// Time to live in seconds.
-        #[arg(long)]
-        ttl: Option<u64>,
-    },
-    /// Print a value; exit 1 if the key is missing.
-    Get {
-        key: String,
-        /// Write the value to a file instead of stdout.
-        #[arg(long)]
-        out: Option<PathBuf>,
-    },
+    Set(cluster::SetArgs),
     /// Delete a key; exit 1 if it was missing.
-    Del { key: String },
+    Del(cluster::DelArgs),
     /// List keys matching a glob pattern.
-    Keys {
-        pattern: Option<String>,
-        /// Show each key's metadata.
-        #[arg(long)]
-        meta: bool,
-    },
+    Keys(cluster::KeysArgs),
     /// Delete every key matching a glob pattern.
-    Clear { pattern: String },
-    /// Counters and sizes.
-    Stats,
+    Clear(cluster::ClearArgs),
+    /// The node's counters and sizes.
+    Stats(cluster::StatsArgs),
+    /// Load-test a cluster: throughput and latency percentiles.
+    Bench(bench::BenchArgs),
+    /// Work directly on a data directory (no node running on it).
+    Local(local::Local),
+    /// Run one node in the foreground (until SIGINT or SIGTERM).
+    Node(node::NodeArgs),
+    /// Development certificates.
+    #[command(subcommand)]
+    Certs(node::CertsCommand),
 }
 
 fn main() -> ExitCode {
+    init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Local(local) => run_local(local),
+        Command::Get(args) => cluster::get(args),
+        Command::Set(args) => cluster::set(args),
+        Command::Del(args) => cluster::del(args),
+        Command::Keys(args) => cluster::keys(args),
+        Command::Clear(args) => cluster::clear(args),
+        Command::Stats(args) => cluster::stats(args),
+        Command::Bench(args) => bench::run(args),
+        Command::Local(local) => local::run(local),
+        Command::Node(args) => node::run(args),
+        Command::Certs(command) => node::certs(command),
     };
     match result {
         Ok(code) => code,
@@ -99,108 +92,13 @@ fn main() -> ExitCode {
     }
 }
 
-fn run_local(local: Local) -> Result<ExitCode> {
-    let clock = system_clock();
-    let mut config = FsConfig::new(&local.dir);
-    config.cleanup_interval_secs = 0;
-    let fs = FsTier::open(config, clock.clone())
-        .with_context(|| format!("opening {}", local.dir.display()))?;
-    // Listing needs the startup scan; single-key commands do not wait for it.
-    let memory = MemoryTier::new(MemoryConfig::default(), clock.clone());
-    let store = Tiered::new(
-        vec![Arc::new(memory), Arc::new(fs.clone())],
-        SetPolicy::All,
-        clock,
-    )?;
-    let namespace = Namespace::new(&local.namespace)?;
-    let key = |k: &str| -> Result<EntryKey> { Ok(EntryKey::new(namespace.clone(), Key::new(k)?)) };
-    match local.op {
-        LocalOp::Set {
-            key: k,
-            value,
-            file,
-            ttl,
-        } => {
-            let bytes = match (value, file) {
-                (Some(v), None) => v.into_bytes(),
-                (None, Some(path)) => {
-                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?
-                }
-                (None, None) => {
-                    let mut buf = Vec::new();
-                    std::io::stdin().read_to_end(&mut buf)?;
-                    buf
-                }
-                (Some(_), Some(_)) => anyhow::bail!("give a VALUE or --file, not both"),
-            };
-            store.set(&key(&k)?, Value::from(bytes), ttl.map(Duration::from_secs))?;
-        }
-        LocalOp::Get { key: k, out } => {
-            let Some(entry) = store.get(&key(&k)?)? else {
-                return Ok(ExitCode::from(1));
-            };
-            let payload = strata_proto::encode_payload(&entry.value).to_bytes();
-            match out {
-                Some(path) => std::fs::write(&path, &payload)
-                    .with_context(|| format!("writing {}", path.display()))?,
-                None => std::io::stdout().write_all(&payload)?,
-            }
-        }
-        LocalOp::Del { key: k } => {
-            if !store.delete(&key(&k)?)? {
-                return Ok(ExitCode::from(1));
-            }
-        }
-        LocalOp::Keys { pattern, meta } => {
-            let pattern = pattern.as_deref().map(Pattern::new).transpose()?;
-            let keys = store.list_keys(&namespace, pattern.as_ref(), meta || local.json)?;
-            if local.json {
-                let rows: Vec<_> = keys
-                    .iter()
-                    .map(|(k, m)| serde_json::json!({"key": k, "meta": m}))
-                    .collect();
-                println!("{}", serde_json::to_string_pretty(&rows)?);
-            } else {
-                for (k, m) in keys {
-                    match m {
-                        Some(m) => println!(
-                            "{k}\t{} bytes\t{}\tversion {}",
-                            m.size_bytes,
-                            m.format.name(),
-                            m.version
-                        ),
-                        None => println!("{k}"),
-                    }
-                }
-            }
-        }
-        LocalOp::Clear { pattern } => {
-            let removed = store.clear(&namespace, Some(&Pattern::new(&pattern)?))?;
-            if local.json {
-                println!("{}", serde_json::json!({ "cleared": removed }));
-            } else {
-                println!("cleared {removed}");
-            }
-        }
-        LocalOp::Stats => {
-            fs.wait_ready(Duration::from_secs(60));
-            let stats = store.tiered_stats();
-            if local.json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                let m = &stats.manager;
-                println!(
-                    "entries {}  size {} bytes  hit rate {:.2}",
-                    m.total_files, m.size_bytes, m.hit_rate
-                );
-                for (name, t) in &stats.tiers {
-                    println!(
-                        "{name:<12} entries {:<8} bytes {:<12} evictions {:<6} expired {:<6} corrupt {}",
-                        t.entries, t.size_bytes, t.evictions, t.expired, t.corrupt
-                    );
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
+/// Logs to stderr, filtered by `STRATA_LOG`, else `RUST_LOG`, else warnings only.
+fn init_tracing() {
+    let filter = EnvFilter::try_from_env("STRATA_LOG")
+        .or_else(|_| EnvFilter::try_from_default_env())
+        .unwrap_or_else(|_| EnvFilter::new("warn"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
 }

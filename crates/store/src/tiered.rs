@@ -146,17 +146,45 @@ impl Tiered {
         TieredStats { manager, tiers }
     }
 
-    fn lookup(&self, key: &EntryKey) -> Result<Option<Entry>> {
-        let (first, slower) = self
-            .tiers
-            .split_first()
-            .expect("checked non-empty at construction");
-        let mut error = None;
-        match first.get(key) {
-            Ok(Some(entry)) => return Ok(Some(entry)),
-            Ok(None) => {}
-            Err(e) => error = Some(e),
+    /// Looks in the first (fastest) tier only. Never blocks on I/O when the first tier is in
+    /// memory, so an async caller can answer hits directly and hand only misses to
+    /// [`Tiered::get_slow`] on a blocking thread. Counts a hit when it finds the entry and
+    /// nothing when it does not (the slow half counts the outcome).
+    pub fn get_fast(&self, key: &EntryKey) -> Result<Option<Entry>> {
+        let found = self.first().get(key)?;
+        if found.is_some() {
+            Counters::bump(&self.counters.hits);
         }
+        Ok(found)
+    }
+
+    /// Looks in every tier below the first, promoting a hit; counts the hit or miss. Use after
+    /// [`Tiered::get_fast`] missed.
+    pub fn get_slow(&self, key: &EntryKey) -> Result<Option<Entry>> {
+        let found = self.lookup_slower(key, None)?;
+        Counters::bump(if found.is_some() {
+            &self.counters.hits
+        } else {
+            &self.counters.misses
+        });
+        Ok(found)
+    }
+
+    fn first(&self) -> &Arc<dyn Tier> {
+        // Construction refuses an empty list.
+        &self.tiers[0]
+    }
+
+    fn lookup(&self, key: &EntryKey) -> Result<Option<Entry>> {
+        match self.first().get(key) {
+            Ok(Some(entry)) => Ok(Some(entry)),
+            Ok(None) => self.lookup_slower(key, None),
+            Err(e) => self.lookup_slower(key, Some(e)),
+        }
+    }
+
+    fn lookup_slower(&self, key: &EntryKey, mut error: Option<Error>) -> Result<Option<Entry>> {
+        let slower = &self.tiers[1..];
         if slower.is_empty() {
             return error.map_or(Ok(None), Err);
         }

@@ -1,0 +1,189 @@
+//! Frames and bodies on QUIC streams, shared by clients and nodes.
+//!
+//! One request or response is a frame (see [`strata_proto::wire`]) followed by the streamed
+//! bodies its frame declares, in order. Reading checks the header before the body, and each
+//! declared body length against a limit before allocating; each body is read straight into
+//! the one buffer that will hold it. Writing sends the frame, then each body's buffers as they
+//! are (no copy), in chunks so that QUIC flow control paces large values.
+
+use bytes::{Bytes, BytesMut};
+use quinn::{ReadExactError, RecvStream, SendStream};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use strata_proto::wire::{self, ErrorCode, FrameHeader, HEADER_LEN, WireError};
+
+/// Limits a reader enforces on what the other side declares.
+#[derive(Clone, Copy, Debug)]
+pub struct ReadLimits {
+    /// Largest frame body.
+    pub max_frame_bytes: u32,
+    /// Largest single value body.
+    pub max_value_bytes: u64,
+    /// Largest sum of the bodies that follow one frame.
+    pub max_total_bytes: u64,
+}
+
+impl Default for ReadLimits {
+    fn default() -> Self {
+        Self {
+            max_frame_bytes: wire::DEFAULT_MAX_FRAME_BYTES,
+            max_value_bytes: wire::DEFAULT_MAX_VALUE_BYTES,
+            max_total_bytes: 4 * wire::DEFAULT_MAX_VALUE_BYTES,
+        }
+    }
+}
+
+/// What can go wrong reading or writing a stream.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    /// The peer sent something that breaks the protocol or a limit.
+    #[error(transparent)]
+    Protocol(#[from] WireError),
+    /// The stream ended before a whole frame or body arrived.
+    #[error("stream ended early ({0} bytes short)")]
+    Truncated(usize),
+    /// The stream ended cleanly before any frame (the peer had nothing to send).
+    #[error("stream closed")]
+    Closed,
+    /// The connection or stream failed.
+    #[error("stream failed: {0}")]
+    Transport(String),
+}
+
+impl StreamError {
+    /// The error to report to the peer, if the failure was the peer's.
+    pub fn wire_error(&self) -> Option<WireError> {
+        match self {
+            StreamError::Protocol(e) => Some(e.clone()),
+            StreamError::Truncated(short) => Some(WireError::new(
+                ErrorCode::Malformed,
+                format!("truncated frame: stream ended {short} bytes early"),
+            )),
+            _ => None,
+        }
+    }
+}
+
+/// Maps a failed `read_exact` of `expected` bytes. Only a stream that ends cleanly before the
+/// first byte of a frame header is [`StreamError::Closed`]; ending anywhere later (including
+/// before a body that happens to be as long as a header) is truncation.
+fn read_error(e: ReadExactError, expected: usize, at_frame_start: bool) -> StreamError {
+    match e {
+        ReadExactError::FinishedEarly(0) if at_frame_start => StreamError::Closed,
+        ReadExactError::FinishedEarly(got) => StreamError::Truncated(expected - got),
+        ReadExactError::ReadError(e) => StreamError::Transport(e.to_string()),
+    }
+}
+
+/// Reads one frame and decodes its body.
+pub async fn read_frame<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    limits: &ReadLimits,
+) -> Result<T, StreamError> {
+    let mut header = [0u8; HEADER_LEN];
+    recv.read_exact(&mut header)
+        .await
+        .map_err(|e| read_error(e, HEADER_LEN, true))?;
+    let header = FrameHeader::parse(&header, limits.max_frame_bytes)?;
+    let len = header.len as usize;
+    let mut body = vec![0u8; len];
+    recv.read_exact(&mut body)
+        .await
+        .map_err(|e| read_error(e, len, false))?;
+    Ok(wire::decode_body(&body)?)
+}
+
+/// Checks declared body lengths against the limits, before anything is allocated.
+pub fn check_lengths(lengths: &[u64], limits: &ReadLimits) -> Result<(), WireError> {
+    let mut total: u64 = 0;
+    for &len in lengths {
+        if len > limits.max_value_bytes {
+            return Err(WireError::new(
+                ErrorCode::TooLarge,
+                format!(
+                    "value of {len} bytes exceeds the {}-byte limit",
+                    limits.max_value_bytes
+                ),
+            ));
+        }
+        total = total.saturating_add(len);
+    }
+    if total > limits.max_total_bytes {
+        return Err(WireError::new(
+            ErrorCode::TooLarge,
+            format!(
+                "{total} bytes of values in one request exceed the {}-byte limit",
+                limits.max_total_bytes
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// Reads the bodies that follow a frame, after checking their declared lengths.
+pub async fn read_bodies(
+    recv: &mut RecvStream,
+    lengths: &[u64],
+    limits: &ReadLimits,
+) -> Result<Vec<Bytes>, StreamError> {
+    check_lengths(lengths, limits)?;
+    let mut bodies = Vec::with_capacity(lengths.len());
+    for &len in lengths {
+        let len = usize::try_from(len)
+            .map_err(|_| WireError::new(ErrorCode::TooLarge, "value too large for this machine"))?;
+        let mut buf = BytesMut::zeroed(len);
+        recv.read_exact(&mut buf)
+            .await
+            .map_err(|e| read_error(e, len, false))?;
+        bodies.push(buf.freeze());
+    }
+    Ok(bodies)
+}
+
+/// Writes a frame followed by streamed bodies, in chunks of at most `chunk` bytes.
+pub async fn write_message<T: Serialize>(
+    send: &mut SendStream,
+    message: &T,
+    bodies: &[Bytes],
+    chunk: usize,
+) -> Result<(), StreamError> {
+    let transport = |e: quinn::WriteError| StreamError::Transport(e.to_string());
+    send.write_chunk(wire::encode_frame(message))
+        .await
+        .map_err(transport)?;
+    let chunk = chunk.max(1);
+    for body in bodies {
+        let mut offset = 0;
+        while offset < body.len() {
+            let end = (offset + chunk).min(body.len());
+            send.write_chunk(body.slice(offset..end))
+                .await
+                .map_err(transport)?;
+            offset = end;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_clean_end_before_a_frame_is_closed() {
+        let early = ReadExactError::FinishedEarly;
+        assert!(matches!(
+            read_error(early(0), HEADER_LEN, true),
+            StreamError::Closed
+        ));
+        assert!(matches!(
+            read_error(early(4), HEADER_LEN, true),
+            StreamError::Truncated(6)
+        ));
+        // A body as long as a header, missing entirely, is truncation, not a clean close.
+        assert!(matches!(
+            read_error(early(0), HEADER_LEN, false),
+            StreamError::Truncated(HEADER_LEN)
+        ));
+    }
+}

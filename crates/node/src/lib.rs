@@ -1,0 +1,18 @@
+//! A Strata node: serves one machine's tiers to clients over QUIC.
+//!
+//! # Layout
+//! - [`config`]: [`Config`](config::Config), loaded once from `config/node.toml`-style files
+//!   with `STRATA_…` environment overrides.
+//! - [`certs`]: development certificate authority and certificates (`strata certs init`).
+//! - [`tls`]: rustls configurations: mutual TLS with the cluster CA, ring provider only.
+//! - [`server`]: the QUIC endpoint, connections, streams and framing; graceful shutdown.
+//! - [`service`]: executes requests against the local tiers.
+//! - [`actors`]: the supervised actors with a lifecycle: filesystem writers, janitor,
+//!   listener.
+
+pub mod actors;
+pub mod certs;
+pub mod config;
+pub mod server;
+pub mod service;
+pub mod tls;

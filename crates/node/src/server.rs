@@ -1,0 +1,376 @@
+//! The node's QUIC server: endpoint, connections, streams, and graceful shutdown.
+//!
+//! A [`RunningNode`] is one node serving its tiers:
+//!
+//! - the **listener** actor owns the accept loop: each handshake must present a certificate
+//!   signed by the cluster CA (mutual TLS, see [`tls`]) or it is refused; beyond
+//!   `max_connections`, new connections are refused outright;
+//! - each connection accepts bidirectional streams, at most `max_streams_per_connection` at a
+//!   time (QUIC's own stream limit: a client that opens thousands of streams waits, it does
+//!   not make the node allocate);
+//! - each stream carries one request: its frame header is checked, its declared bodies are
+//!   checked against the limits before anything is allocated, and the request runs with a
+//!   deadline. A malformed, truncated or oversized request gets an error response on its own
+//!   stream; the connection and the node carry on.
+//!
+//! Shutdown (SIGINT or SIGTERM from the CLI): stop accepting connections and streams, let the
+//! requests in flight finish (bounded by `shutdown_grace_ms`), drain the writer actors so
+//! every queued write reaches the tiers, close the endpoint, and let the filesystem tier
+//! flush as it is dropped.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use quinn::{Endpoint, Incoming, RecvStream, SendStream};
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use strata_client::io::{self, ReadLimits, StreamError};
+use strata_proto::NodeId;
+use strata_proto::wire::{ErrorCode, RequestFrame, Response, ResponseFrame, WireError};
+use strata_store::{Clock, TierContext, TierRegistry, Tiered, system_clock};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::actors::{self, Supervisor, SupervisorMsg};
+use crate::config::Config;
+use crate::service::{Service, ServiceLimits};
+use crate::tls;
+
+/// Everything a connection task needs.
+struct Shared {
+    service: Service,
+    limits: ReadLimits,
+    chunk_bytes: usize,
+    request_timeout: Duration,
+    max_connections: usize,
+    connections: AtomicUsize,
+    /// Tracks request tasks, so shutdown can wait for those in flight.
+    requests: TaskTracker,
+    /// Cancelled when the node stops accepting work.
+    stopping: CancellationToken,
+}
+
+/// A node that is serving.
+pub struct RunningNode {
+    local_addr: SocketAddr,
+    endpoint: Endpoint,
+    listener: ActorRef<()>,
+    supervisor: ActorRef<SupervisorMsg>,
+    shared: Arc<Shared>,
+    store: Arc<Tiered>,
+    grace: Duration,
+}
+
+impl RunningNode {
+    /// Opens the tiers, starts the actors and begins serving on `config.listen`.
+    pub async fn start(config: Config) -> anyhow::Result<Self> {
+        Self::start_with_clock(config, system_clock()).await
+    }
+
+    /// [`RunningNode::start`] with a given clock.
+    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+        tls::install_crypto_provider();
+        std::fs::create_dir_all(&config.data_dir)
+            .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
+        let tiered = config.tiered_config();
+        let ctx = TierContext {
+            clock: Arc::clone(&clock),
+            data_dir: config.data_dir.clone(),
+        };
+        let store = Arc::new(
+            TierRegistry::new()
+                .build_tiered(&tiered, &ctx)
+                .context("opening the tiers")?,
+        );
+        let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+        let (supervisor, writers) = Supervisor::start(
+            Arc::clone(&store),
+            config.store.writers,
+            Duration::from_secs(30),
+            request_timeout,
+        )
+        .await?;
+
+        let limits = &config.limits;
+        let service = Service::new(
+            NodeId(config.node_id),
+            Arc::clone(&store),
+            writers,
+            clock,
+            ServiceLimits {
+                max_value_bytes: limits.max_value_bytes,
+                inline_limit: limits.chunk_bytes,
+                max_batch_keys: limits.max_batch_keys,
+            },
+        );
+        let shared = Arc::new(Shared {
+            service,
+            limits: ReadLimits {
+                max_frame_bytes: limits.max_frame_bytes,
+                max_value_bytes: limits.max_value_bytes,
+                max_total_bytes: limits.max_value_bytes.saturating_mul(4),
+            },
+            chunk_bytes: limits.chunk_bytes,
+            request_timeout,
+            max_connections: limits.max_connections,
+            connections: AtomicUsize::new(0),
+            requests: TaskTracker::new(),
+            stopping: CancellationToken::new(),
+        });
+
+        let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
+            .context("loading TLS certificates")?;
+        let endpoint = Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local_addr = endpoint.local_addr()?;
+        let (listener, _) = Actor::spawn_linked(
+            Some("strata-listener".into()),
+            Listener,
+            (endpoint.clone(), Arc::clone(&shared)),
+            supervisor.get_cell(),
+        )
+        .await?;
+        tracing::info!(node = config.node_id, addr = %local_addr, "serving");
+        Ok(Self {
+            local_addr,
+            endpoint,
+            listener,
+            supervisor,
+            shared,
+            store,
+            grace: Duration::from_millis(config.shutdown_grace_ms),
+        })
+    }
+
+    /// The address the node listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local_addr
+    }
+
+    /// The node's tiers.
+    pub fn store(&self) -> &Arc<Tiered> {
+        &self.store
+    }
+
+    /// Stops gracefully: no new connections or requests, in-flight requests finish, queued
+    /// writes are applied, then the endpoint closes.
+    pub async fn shutdown(self) {
+        tracing::info!("shutting down");
+        self.shared.stopping.cancel();
+        let _ = self.listener.stop_and_wait(None, Some(self.grace)).await;
+        self.shared.requests.close();
+        if tokio::time::timeout(self.grace, self.shared.requests.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("requests still in flight after the grace period; closing anyway");
+        }
+        actors::drain(&self.supervisor, self.grace).await;
+        self.endpoint.close(0u32.into(), b"shutdown");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
+        tracing::info!("stopped");
+    }
+}
+
+/// Owns the accept loop.
+struct Listener;
+
+/// The listener's state: the endpoint (to stop accepting) and the accept loop task.
+struct ListenerState {
+    endpoint: Endpoint,
+    accept: tokio::task::JoinHandle<()>,
+}
+
+impl Actor for Listener {
+    type Msg = ();
+    type State = ListenerState;
+    type Arguments = (Endpoint, Arc<Shared>);
+
+    async fn pre_start(
+        &self,
+        _: ActorRef<()>,
+        (endpoint, shared): (Endpoint, Arc<Shared>),
+    ) -> Result<ListenerState, ActorProcessingErr> {
+        let accept = tokio::spawn(accept_loop(endpoint.clone(), shared));
+        Ok(ListenerState { endpoint, accept })
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<()>,
+        _: (),
+        _: &mut ListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        Ok(())
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<()>,
+        state: &mut ListenerState,
+    ) -> Result<(), ActorProcessingErr> {
+        // Refuse new connections; the ones open stop taking streams via the cancel token.
+        state.endpoint.set_server_config(None);
+        state.accept.abort();
+        Ok(())
+    }
+}
+
+async fn accept_loop(endpoint: Endpoint, shared: Arc<Shared>) {
+    loop {
+        let incoming = tokio::select! {
+            _ = shared.stopping.cancelled() => return,
+            incoming = endpoint.accept() => incoming,
+        };
+        let Some(incoming) = incoming else { return };
+        if shared.connections.load(Ordering::Relaxed) >= shared.max_connections {
+            tracing::warn!(peer = %incoming.remote_address(), "refusing connection: too many connections");
+            incoming.refuse();
+            continue;
+        }
+        tokio::spawn(serve_connection(incoming, Arc::clone(&shared)));
+    }
+}
+
+/// Counts a connection for as long as it lives.
+struct ConnectionSlot<'a>(&'a AtomicUsize);
+
+impl Drop for ConnectionSlot<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
+    let peer = incoming.remote_address();
+    let connection = match incoming.await {
+        Ok(connection) => connection,
+        Err(e) => {
+            tracing::info!(%peer, error = %e, "handshake refused");
+            return;
+        }
+    };
+    shared.connections.fetch_add(1, Ordering::Relaxed);
+    let _slot = ConnectionSlot(&shared.connections);
+    tracing::debug!(%peer, "connection open");
+    loop {
+        let stream = tokio::select! {
+            _ = shared.stopping.cancelled() => break,
+            stream = connection.accept_bi() => stream,
+        };
+        match stream {
+            Ok((send, recv)) => {
+                let shared2 = Arc::clone(&shared);
+                shared.requests.spawn(serve_stream(send, recv, shared2));
+            }
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "connection closed");
+                break;
+            }
+        }
+    }
+}
+
+async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+    // A peer that opens a stream and then stalls must not hold its slot for ever.
+    let deadline = tokio::time::Instant::now() + shared.request_timeout;
+    let read = tokio::time::timeout_at(
+        deadline,
+        io::read_frame::<RequestFrame>(&mut recv, &shared.limits),
+    )
+    .await;
+    let frame = match read {
+        Ok(Ok(frame)) => frame,
+        Ok(Err(e)) => return refuse(send, recv, 0, e, &shared).await,
+        Err(_) => {
+            return refuse(
+                send,
+                recv,
+                0,
+                StreamError::Protocol(WireError::new(
+                    ErrorCode::Timeout,
+                    "request not received in time",
+                )),
+                &shared,
+            )
+            .await;
+        }
+    };
+    let lengths = frame.request.streamed_lengths();
+    let bodies = match tokio::time::timeout_at(
+        deadline,
+        io::read_bodies(&mut recv, &lengths, &shared.limits),
+    )
+    .await
+    {
+        Ok(Ok(bodies)) => bodies,
+        Ok(Err(e)) => return refuse(send, recv, frame.id, e, &shared).await,
+        Err(_) => {
+            return refuse(
+                send,
+                recv,
+                frame.id,
+                StreamError::Protocol(WireError::new(
+                    ErrorCode::Timeout,
+                    "request body not received in time",
+                )),
+                &shared,
+            )
+            .await;
+        }
+    };
+    let kind = frame.request.kind();
+    let (response, bodies) = match tokio::time::timeout(
+        shared.request_timeout,
+        shared.service.handle(frame.request, bodies),
+    )
+    .await
+    {
+        Ok(answer) => answer,
+        Err(_) => (
+            Response::Error(WireError::new(
+                ErrorCode::Timeout,
+                format!("{kind} did not complete in time"),
+            )),
+            Vec::new(),
+        ),
+    };
+    let response = ResponseFrame {
+        id: frame.id,
+        response,
+    };
+    if let Err(e) = io::write_message(&mut send, &response, &bodies, shared.chunk_bytes).await {
+        tracing::debug!(request = kind, error = %e, "could not send the response");
+        return;
+    }
+    let _ = send.finish();
+}
+
+/// Answers a request that could not be read with the reason, and stops reading it.
+async fn refuse(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    id: u64,
+    error: StreamError,
+    shared: &Shared,
+) {
+    let Some(wire_error) = error.wire_error() else {
+        tracing::debug!(error = %error, "request stream failed");
+        return;
+    };
+    tracing::info!(error = %wire_error, "refusing a bad request");
+    // Whatever else the peer sends on this stream is discarded unread.
+    let _ = recv.stop(1u32.into());
+    let response = ResponseFrame {
+        id,
+        response: Response::Error(wire_error),
+    };
+    if io::write_message(&mut send, &response, &[], shared.chunk_bytes)
+        .await
+        .is_ok()
+    {
+        let _ = send.finish();
+    }
+}

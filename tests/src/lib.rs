@@ -1,0 +1,211 @@
+//! Harness for end-to-end tests: real `strata` processes on free ports.
+//!
+//! [`Cluster`] makes development certificates with `strata certs init`, and [`TestNode`]
+//! starts `strata node` on `127.0.0.1:0` (the OS picks a free port; the node prints the
+//! address it got) with its own data directory, and kills the process when dropped — also
+//! when a test fails. Nothing here uses fixed ports or addresses outside this machine.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+/// The `strata` binary, built if it is not there yet.
+pub fn strata_bin() -> Result<PathBuf> {
+    // Tests run from target/<profile>/deps/; the binary is in target/<profile>/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary has no target directory")?;
+    let bin = profile_dir.join(format!("strata{}", std::env::consts::EXE_SUFFIX));
+    if !bin.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "-p", "strata-cli", "--bin", "strata"])
+            .status()?;
+        if !status.success() {
+            bail!("building the strata binary failed");
+        }
+    }
+    Ok(bin)
+}
+
+/// Runs `strata ARGS` to completion.
+pub fn strata(args: &[&str]) -> Result<Output> {
+    Ok(Command::new(strata_bin()?).args(args).output()?)
+}
+
+/// A directory of development certificates and the data directories of its nodes.
+pub struct Cluster {
+    dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    /// Makes certificates in a fresh temporary directory.
+    pub fn new() -> Result<Self> {
+        let dir = tempfile::tempdir()?;
+        let certs = dir.path().join("certs");
+        let out = strata(&["certs", "init", "--out", certs.to_str().context("path")?])?;
+        if !out.status.success() {
+            bail!(
+                "strata certs init failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(Self { dir })
+    }
+
+    /// The certificates directory.
+    pub fn certs(&self) -> PathBuf {
+        self.dir.path().join("certs")
+    }
+
+    /// A data directory for node `name`.
+    pub fn data_dir(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Starts a node with data directory `name` and extra `strata node` arguments and
+    /// environment.
+    pub fn start(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<TestNode> {
+        TestNode::start(&self.certs(), &self.data_dir(name), args, env)
+    }
+}
+
+/// A running `strata node` process, killed on drop.
+pub struct TestNode {
+    child: Option<Child>,
+    addr: SocketAddr,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl TestNode {
+    /// Starts `strata node` and waits (at most 30 s) until it says where it listens.
+    pub fn start(
+        certs: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
+        let mut command = Command::new(strata_bin()?);
+        command
+            .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .arg("--certs")
+            .arg(certs)
+            .args(args)
+            .env("STRATA_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            command.env(k, v);
+        }
+        let mut child = command.spawn().context("starting strata node")?;
+        let stdout = child.stdout.take().context("stdout")?;
+        let stderr = child.stderr.take().context("stderr")?;
+        let (addr_tx, addr_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = addr_tx.send(addr.trim().to_owned());
+                }
+            }
+        });
+        let (err_tx, err_rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let _ = err_tx.send(line);
+            }
+        });
+        let mut node = Self {
+            child: Some(child),
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            stderr: err_rx,
+        };
+        match addr_rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => {
+                node.addr = addr
+                    .parse()
+                    .with_context(|| format!("bad address {addr:?}"))?
+            }
+            Err(_) => bail!("node did not start; its log:\n{}", node.log()),
+        }
+        Ok(node)
+    }
+
+    /// Where the node listens.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// The process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the process in KiB (Linux), if it can be read.
+    pub fn rss_kib(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    }
+
+    /// Everything the node has logged so far.
+    pub fn log(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Sends SIGTERM and waits (at most 30 s) for the process to exit; its exit status.
+    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+        let mut child = self.child.take().context("already stopped")?;
+        let status = Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status()?;
+        if !status.success() {
+            bail!("kill -TERM failed");
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Some(status) = child.try_wait()? {
+                return Ok(status);
+            }
+            if std::time::Instant::now() > deadline {
+                let _ = child.kill();
+                bail!("node did not exit after SIGTERM");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL).
+    pub fn kill(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for TestNode {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
