@@ -80,11 +80,28 @@ pub async fn read_frame<T: DeserializeOwned>(
     recv: &mut RecvStream,
     limits: &ReadLimits,
 ) -> Result<T, StreamError> {
+    let header = read_header(recv, limits).await?;
+    read_body(recv, &header).await
+}
+
+/// Reads and checks a frame header (magic, version, declared length), so the caller can
+/// decide about the body before anything is allocated for it.
+pub async fn read_header(
+    recv: &mut RecvStream,
+    limits: &ReadLimits,
+) -> Result<FrameHeader, StreamError> {
     let mut header = [0u8; HEADER_LEN];
     recv.read_exact(&mut header)
         .await
         .map_err(|e| read_error(e, HEADER_LEN, true))?;
-    let header = FrameHeader::parse(&header, limits.max_frame_bytes)?;
+    Ok(FrameHeader::parse(&header, limits.max_frame_bytes)?)
+}
+
+/// Reads and decodes the body a checked header declares.
+pub async fn read_body<T: DeserializeOwned>(
+    recv: &mut RecvStream,
+    header: &FrameHeader,
+) -> Result<T, StreamError> {
     let len = header.len as usize;
     let mut body = vec![0u8; len];
     recv.read_exact(&mut body)

@@ -235,6 +235,11 @@ pub struct Limits {
     /// milliseconds. Default 30 000: keep-alives every 5 s keep a healthy idle connection
     /// open, while a vanished peer is noticed within half a minute. Must be above 0.
     pub idle_timeout_ms: u64,
+    /// Bytes of request frames and values being received at once, over all connections.
+    /// Default 1 GiB: four of the largest values in flight at a time, whatever clients
+    /// declare; a request that would go beyond waits for others to finish instead of making
+    /// the node allocate. Must be at least `max_value_bytes`.
+    pub max_inflight_bytes: u64,
 }
 
 impl Default for Limits {
@@ -248,6 +253,7 @@ impl Default for Limits {
             max_batch_keys: 10_000,
             request_timeout_ms: 30_000,
             idle_timeout_ms: 30_000,
+            max_inflight_bytes: 1 << 30,
         }
     }
 }
@@ -367,6 +373,17 @@ impl Config {
                 format!(
                     "{} must be below limits.max_frame_bytes ({}): a chunk travels in one frame",
                     l.chunk_bytes, l.max_frame_bytes
+                ),
+            ));
+        }
+        if l.max_inflight_bytes < l.max_value_bytes
+            || l.max_inflight_bytes < u64::from(l.max_frame_bytes)
+        {
+            return Err(invalid(
+                "limits.max_inflight_bytes",
+                format!(
+                    "{} must be at least limits.max_value_bytes ({}) and limits.max_frame_bytes ({}): one request must fit",
+                    l.max_inflight_bytes, l.max_value_bytes, l.max_frame_bytes
                 ),
             ));
         }

@@ -30,6 +30,7 @@ use strata_client::io::{self, ReadLimits, StreamError};
 use strata_proto::NodeId;
 use strata_proto::wire::{ErrorCode, RequestFrame, Response, ResponseFrame, WireError};
 use strata_store::{Clock, TierContext, TierRegistry, Tiered, system_clock};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -50,6 +51,8 @@ struct Shared {
     requests: TaskTracker,
     /// Cancelled when the node stops accepting work.
     stopping: CancellationToken,
+    /// Bytes of requests being received, in KiB permits (`max_inflight_bytes`).
+    inflight: Arc<Semaphore>,
 }
 
 /// A node that is serving.
@@ -103,6 +106,7 @@ impl RunningNode {
                 max_value_bytes: limits.max_value_bytes,
                 inline_limit: limits.chunk_bytes,
                 max_batch_keys: limits.max_batch_keys,
+                answer_inline_budget: limits.max_frame_bytes as usize / 2,
             },
         );
         let shared = Arc::new(Shared {
@@ -110,7 +114,12 @@ impl RunningNode {
             limits: ReadLimits {
                 max_frame_bytes: limits.max_frame_bytes,
                 max_value_bytes: limits.max_value_bytes,
-                max_total_bytes: limits.max_value_bytes.saturating_mul(4),
+                // One request may use the whole in-flight budget, never more (it could not
+                // be admitted at all).
+                max_total_bytes: limits
+                    .max_value_bytes
+                    .saturating_mul(4)
+                    .min(limits.max_inflight_bytes),
             },
             chunk_bytes: limits.chunk_bytes,
             request_timeout,
@@ -118,6 +127,11 @@ impl RunningNode {
             connections: AtomicUsize::new(0),
             requests: TaskTracker::new(),
             stopping: CancellationToken::new(),
+            inflight: Arc::new(Semaphore::new(
+                usize::try_from(limits.max_inflight_bytes / RESERVE_UNIT)
+                    .unwrap_or(usize::MAX)
+                    .min(Semaphore::MAX_PERMITS),
+            )),
         });
 
         let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
@@ -276,51 +290,15 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
 async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
     // A peer that opens a stream and then stalls must not hold its slot for ever.
     let deadline = tokio::time::Instant::now() + shared.request_timeout;
-    let read = tokio::time::timeout_at(
-        deadline,
-        io::read_frame::<RequestFrame>(&mut recv, &shared.limits),
-    )
-    .await;
-    let frame = match read {
-        Ok(Ok(frame)) => frame,
-        Ok(Err(e)) => return refuse(send, recv, 0, e, &shared).await,
-        Err(_) => {
-            return refuse(
-                send,
-                recv,
-                0,
-                StreamError::Protocol(WireError::new(
-                    ErrorCode::Timeout,
-                    "request not received in time",
-                )),
-                &shared,
-            )
-            .await;
-        }
-    };
-    let lengths = frame.request.streamed_lengths();
-    let bodies = match tokio::time::timeout_at(
-        deadline,
-        io::read_bodies(&mut recv, &lengths, &shared.limits),
-    )
-    .await
-    {
-        Ok(Ok(bodies)) => bodies,
-        Ok(Err(e)) => return refuse(send, recv, frame.id, e, &shared).await,
-        Err(_) => {
-            return refuse(
-                send,
-                recv,
-                frame.id,
-                StreamError::Protocol(WireError::new(
-                    ErrorCode::Timeout,
-                    "request body not received in time",
-                )),
-                &shared,
-            )
-            .await;
-        }
-    };
+    let (frame, bodies, _reserved) =
+        match tokio::time::timeout_at(deadline, read_request(&mut recv, &shared)).await {
+            Ok(Ok(request)) => request,
+            Ok(Err((id, e))) => return refuse(send, recv, id, e, &shared).await,
+            Err(_) => {
+                let late = WireError::new(ErrorCode::Timeout, "request not received in time");
+                return refuse(send, recv, 0, StreamError::Protocol(late), &shared).await;
+            }
+        };
     let kind = frame.request.kind();
     let (response, bodies) = match tokio::time::timeout(
         shared.request_timeout,
@@ -346,6 +324,61 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
         return;
     }
     let _ = send.finish();
+}
+
+/// Memory reserved for a request being received, in [`RESERVE_UNIT`]s.
+type Reservation = Option<OwnedSemaphorePermit>;
+
+/// Granularity of the in-flight byte budget: permits are KiB, so a `u32` counts up to 4 TiB.
+const RESERVE_UNIT: u64 = 1024;
+
+/// Reserves room for `bytes` in the node-wide budget, waiting for other requests to finish
+/// if it is full. The reservation is released when dropped.
+async fn reserve(shared: &Shared, bytes: u64, held: &mut Reservation) -> Result<(), StreamError> {
+    let units = u32::try_from(bytes.div_ceil(RESERVE_UNIT)).unwrap_or(u32::MAX);
+    if units == 0 {
+        return Ok(());
+    }
+    let permit = Arc::clone(&shared.inflight)
+        .acquire_many_owned(units)
+        .await
+        .map_err(|_| {
+            StreamError::Protocol(WireError::new(
+                ErrorCode::Unavailable,
+                "the node is shutting down",
+            ))
+        })?;
+    match held {
+        Some(p) => p.merge(permit),
+        None => *held = Some(permit),
+    }
+    Ok(())
+}
+
+/// Reads one request: header, frame body, streamed bodies. Each declared length is checked
+/// against the limits and reserved in the in-flight budget before anything is allocated for
+/// it. On failure, returns the request id (0 before the frame is decoded) with the error.
+async fn read_request(
+    recv: &mut RecvStream,
+    shared: &Shared,
+) -> Result<(RequestFrame, Vec<bytes::Bytes>, Reservation), (u64, StreamError)> {
+    let mut reserved: Reservation = None;
+    let header = io::read_header(recv, &shared.limits)
+        .await
+        .map_err(|e| (0, e))?;
+    reserve(shared, u64::from(header.len), &mut reserved)
+        .await
+        .map_err(|e| (0, e))?;
+    let frame: RequestFrame = io::read_body(recv, &header).await.map_err(|e| (0, e))?;
+    let lengths = frame.request.streamed_lengths();
+    io::check_lengths(&lengths, &shared.limits).map_err(|e| (frame.id, e.into()))?;
+    reserve(shared, lengths.iter().sum(), &mut reserved)
+        .await
+        .map_err(|e| (frame.id, e))?;
+    let bodies = io::read_bodies(recv, &lengths, &shared.limits)
+        .await
+        .map_err(|e| (frame.id, e))?;
+    Ok((frame, bodies, reserved))
 }
 
 /// Answers a request that could not be read with the reason, and stops reading it.

@@ -29,6 +29,9 @@ pub struct ServiceLimits {
     pub inline_limit: usize,
     /// Most keys in one batch request.
     pub max_batch_keys: usize,
+    /// Inline payload bytes one answer frame may carry; further entries are streamed, so a
+    /// batch answer never outgrows the frame limit.
+    pub answer_inline_budget: usize,
 }
 
 /// The request service of one node.
@@ -88,7 +91,11 @@ impl Service {
             Request::Get { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
                 let mut out = Vec::new();
-                let entry = self.get(key).await?.map(|e| self.wire_entry(e, &mut out));
+                let mut budget = self.limits.answer_inline_budget;
+                let entry = self
+                    .get(key)
+                    .await?
+                    .map(|e| self.wire_entry(e, &mut out, &mut budget));
                 (Response::Entry(entry), out)
             }
             Request::Set {
@@ -153,9 +160,10 @@ impl Service {
                     .collect::<Outcome<Vec<_>>>()?;
                 let found = self.get_many(keys).await?;
                 let mut out = Vec::new();
+                let mut budget = self.limits.answer_inline_budget;
                 let entries = found
                     .into_iter()
-                    .map(|e| e.map(|e| self.wire_entry(e, &mut out)))
+                    .map(|e| e.map(|e| self.wire_entry(e, &mut out, &mut budget)))
                     .collect();
                 (Response::Entries(entries), out)
             }
@@ -247,8 +255,19 @@ impl Service {
         Entry::new(value, now, ttl_ms.map(Duration::from_millis), version)
     }
 
-    fn wire_entry(&self, entry: Entry, out: &mut Vec<Bytes>) -> WireEntry {
-        let (wire, streamed) = wire::split_value(&entry.value, self.limits.inline_limit);
+    /// The wire form of an entry: inline while the answer's inline budget lasts, streamed
+    /// (its buffers appended to `out`) otherwise.
+    fn wire_entry(&self, entry: Entry, out: &mut Vec<Bytes>, budget: &mut usize) -> WireEntry {
+        let size = usize::try_from(entry.meta.size_bytes).unwrap_or(usize::MAX);
+        let inline_limit = if size <= *budget {
+            self.limits.inline_limit
+        } else {
+            0
+        };
+        let (wire, streamed) = wire::split_value(&entry.value, inline_limit);
+        if matches!(wire.body, Body::Inline(_)) {
+            *budget -= size;
+        }
         if let Some(parts) = streamed {
             out.extend(parts);
         }

@@ -9,11 +9,14 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use ndarray::Array2;
 use strata_client::{Client, ClientConfig, Error};
-use strata_e2e::{Cluster, TestNode, strata};
+#[path = "support/mod.rs"]
+mod support;
+
 use strata_proto::wire::{
     self, ErrorCode, HEADER_LEN, Request, RequestFrame, Response, ResponseFrame,
 };
 use strata_proto::{Frame, FrameFormat, Key, Namespace, Record, Tensor, Value};
+use support::{Cluster, TestNode, strata};
 
 fn ns() -> Namespace {
     Namespace::default_namespace()
@@ -472,4 +475,63 @@ async fn thousands_of_streams_cannot_exhaust_the_node() {
         );
     }
     c.ping().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_large_batch_answer_streams_what_does_not_fit_its_frame() {
+    let cluster = Cluster::new().unwrap();
+    let node = cluster.start("n1", &[], &[]).unwrap();
+    let c = client(&cluster, &node).await;
+    // 100 values of 200 KiB: each small enough to travel inline, 20 MiB together.
+    let items: Vec<(Key, Value)> = (0..100)
+        .map(|i| {
+            (
+                key(&format!("frame:{i}")),
+                Value::from(vec![i as u8; 200 << 10]),
+            )
+        })
+        .collect();
+    assert!(
+        c.set_many(&ns(), items, None)
+            .await
+            .into_iter()
+            .all(|r| r.is_ok())
+    );
+    let conn = raw_connection(&cluster, &node).await;
+    let (mut send, mut recv) = conn.open_bi().await.unwrap();
+    let request = RequestFrame {
+        id: 5,
+        epoch: 0,
+        request: Request::GetMany {
+            namespace: "default".into(),
+            keys: (0..100).map(|i| format!("frame:{i}")).collect(),
+        },
+    };
+    send.write_all(&wire::encode_frame(&request)).await.unwrap();
+    send.finish().unwrap();
+    let limits = strata_client::io::ReadLimits::default();
+    let answer: ResponseFrame = strata_client::io::read_frame(&mut recv, &limits)
+        .await
+        .unwrap();
+    let lengths = answer.response.streamed_lengths();
+    assert!(
+        !lengths.is_empty(),
+        "entries beyond the frame budget must be streamed"
+    );
+    let bodies = strata_client::io::read_bodies(&mut recv, &lengths, &limits)
+        .await
+        .unwrap();
+    let Response::Entries(entries) = answer.response else {
+        panic!("expected entries")
+    };
+    let mut streamed = bodies.into_iter();
+    for (i, entry) in entries.into_iter().enumerate() {
+        let entry = entry.unwrap_or_else(|| panic!("frame:{i} missing"));
+        let payload = match entry.body {
+            wire::Body::Inline(b) => b,
+            wire::Body::Streamed(_) => streamed.next().unwrap(),
+        };
+        assert_eq!(payload.len(), 200 << 10);
+        assert!(payload.iter().all(|&b| b == i as u8), "frame:{i} corrupted");
+    }
 }

@@ -1,9 +1,15 @@
 //! Harness for end-to-end tests: real `strata` processes on free ports.
 //!
+//! The files in `tests/` are integration tests of the `strata-cli` package (see its
+//! `Cargo.toml`), so Cargo builds the `strata` binary they run, fresh, before them.
+//!
 //! [`Cluster`] makes development certificates with `strata certs init`, and [`TestNode`]
 //! starts `strata node` on `127.0.0.1:0` (the OS picks a free port; the node prints the
 //! address it got) with its own data directory, and kills the process when dropped — also
 //! when a test fails. Nothing here uses fixed ports or addresses outside this machine.
+
+// Each test file uses the part of the harness it needs.
+#![allow(dead_code)]
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -14,40 +20,24 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 
-/// The `strata` binary, built if it is not there yet.
-pub fn strata_bin() -> Result<PathBuf> {
-    // Tests run from target/<profile>/deps/; the binary is in target/<profile>/.
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary has no target directory")?;
-    let bin = profile_dir.join(format!("strata{}", std::env::consts::EXE_SUFFIX));
-    if !bin.exists() {
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let status = Command::new(cargo)
-            .args(["build", "-p", "strata-cli", "--bin", "strata"])
-            .status()?;
-        if !status.success() {
-            bail!("building the strata binary failed");
-        }
-    }
-    Ok(bin)
+/// The `strata` binary Cargo built for these tests.
+pub(crate) fn strata_bin() -> Result<PathBuf> {
+    Ok(PathBuf::from(env!("CARGO_BIN_EXE_strata")))
 }
 
 /// Runs `strata ARGS` to completion.
-pub fn strata(args: &[&str]) -> Result<Output> {
+pub(crate) fn strata(args: &[&str]) -> Result<Output> {
     Ok(Command::new(strata_bin()?).args(args).output()?)
 }
 
 /// A directory of development certificates and the data directories of its nodes.
-pub struct Cluster {
+pub(crate) struct Cluster {
     dir: tempfile::TempDir,
 }
 
 impl Cluster {
     /// Makes certificates in a fresh temporary directory.
-    pub fn new() -> Result<Self> {
+    pub(crate) fn new() -> Result<Self> {
         let dir = tempfile::tempdir()?;
         let certs = dir.path().join("certs");
         let out = strata(&["certs", "init", "--out", certs.to_str().context("path")?])?;
@@ -61,24 +51,29 @@ impl Cluster {
     }
 
     /// The certificates directory.
-    pub fn certs(&self) -> PathBuf {
+    pub(crate) fn certs(&self) -> PathBuf {
         self.dir.path().join("certs")
     }
 
     /// A data directory for node `name`.
-    pub fn data_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn data_dir(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
 
     /// Starts a node with data directory `name` and extra `strata node` arguments and
     /// environment.
-    pub fn start(&self, name: &str, args: &[&str], env: &[(&str, &str)]) -> Result<TestNode> {
+    pub(crate) fn start(
+        &self,
+        name: &str,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<TestNode> {
         TestNode::start(&self.certs(), &self.data_dir(name), args, env)
     }
 }
 
 /// A running `strata node` process, killed on drop.
-pub struct TestNode {
+pub(crate) struct TestNode {
     child: Option<Child>,
     addr: SocketAddr,
     stderr: mpsc::Receiver<String>,
@@ -86,7 +81,7 @@ pub struct TestNode {
 
 impl TestNode {
     /// Starts `strata node` and waits (at most 30 s) until it says where it listens.
-    pub fn start(
+    pub(crate) fn start(
         certs: &Path,
         data_dir: &Path,
         args: &[&str],
@@ -140,29 +135,29 @@ impl TestNode {
     }
 
     /// Where the node listens.
-    pub fn addr(&self) -> SocketAddr {
+    pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
     }
 
     /// The process id.
-    pub fn pid(&self) -> Option<u32> {
+    pub(crate) fn pid(&self) -> Option<u32> {
         self.child.as_ref().map(Child::id)
     }
 
     /// Resident memory of the process in KiB (Linux), if it can be read.
-    pub fn rss_kib(&self) -> Option<u64> {
+    pub(crate) fn rss_kib(&self) -> Option<u64> {
         let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
         let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
         line.split_whitespace().nth(1)?.parse().ok()
     }
 
     /// Everything the node has logged so far.
-    pub fn log(&self) -> String {
+    pub(crate) fn log(&self) -> String {
         self.stderr.try_iter().collect::<Vec<_>>().join("\n")
     }
 
     /// Sends SIGTERM and waits (at most 30 s) for the process to exit; its exit status.
-    pub fn terminate(mut self) -> Result<std::process::ExitStatus> {
+    pub(crate) fn terminate(mut self) -> Result<std::process::ExitStatus> {
         let mut child = self.child.take().context("already stopped")?;
         let status = Command::new("kill")
             .args(["-TERM", &child.id().to_string()])
@@ -184,7 +179,7 @@ impl TestNode {
     }
 
     /// Kills the process at once (SIGKILL).
-    pub fn kill(mut self) {
+    pub(crate) fn kill(mut self) {
         self.stop();
     }
 
@@ -196,7 +191,7 @@ impl TestNode {
     }
 
     /// Whether the process is still running.
-    pub fn is_running(&mut self) -> bool {
+    pub(crate) fn is_running(&mut self) -> bool {
         match self.child.as_mut() {
             Some(child) => matches!(child.try_wait(), Ok(None)),
             None => false,
