@@ -29,6 +29,16 @@ use strata_proto::wire::{ErrorCode, WireError};
 use strata_proto::{Entry, EntryKey};
 use strata_store::{Tier, Tiered};
 
+use crate::writeback::Pending;
+
+/// A fresh prefix for the names of one node's actors. Actor names are global to the process,
+/// and tests (or a program embedding nodes) may run several nodes in one.
+fn node_prefix() -> String {
+    static NODES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NODES.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    format!("strata-{n}")
+}
+
 /// Maps a store error to what the client is told.
 pub fn store_error(e: strata_store::Error) -> WireError {
     use strata_store::Error as E;
@@ -53,6 +63,10 @@ pub enum WriterMsg {
         /// The outcome.
         reply: RpcReplyPort<Result<(), WireError>>,
     },
+    /// Flush the pending write of a key (write-back) to the slower tiers.
+    Flush(EntryKey),
+    /// Answer once everything queued before it is done.
+    Barrier(RpcReplyPort<()>),
     /// Delete a key.
     Delete {
         /// Which.
@@ -65,27 +79,38 @@ pub enum WriterMsg {
 /// Applies writes for one shard of the key space.
 struct Writer;
 
+/// What a writer works on: the tiers, and the pending writes it flushes.
+#[derive(Clone)]
+struct WriterState {
+    store: Arc<Tiered>,
+    pending: Arc<Pending>,
+}
+
 impl Actor for Writer {
     type Msg = WriterMsg;
-    type State = Arc<Tiered>;
-    type Arguments = Arc<Tiered>;
+    type State = WriterState;
+    type Arguments = WriterState;
 
     async fn pre_start(
         &self,
         _: ActorRef<WriterMsg>,
-        store: Arc<Tiered>,
-    ) -> Result<Arc<Tiered>, ActorProcessingErr> {
-        Ok(store)
+        state: WriterState,
+    ) -> Result<WriterState, ActorProcessingErr> {
+        Ok(state)
     }
 
     async fn handle(
         &self,
-        _: ActorRef<WriterMsg>,
+        myself: ActorRef<WriterMsg>,
         msg: WriterMsg,
-        store: &mut Arc<Tiered>,
+        state: &mut WriterState,
     ) -> Result<(), ActorProcessingErr> {
-        let store = Arc::clone(store);
+        let store = Arc::clone(&state.store);
         match msg {
+            WriterMsg::Flush(key) => flush(&myself, key, state).await,
+            WriterMsg::Barrier(reply) => {
+                let _ = reply.send(());
+            }
             WriterMsg::Put { key, entry, reply } => {
                 let outcome = tokio::task::spawn_blocking(move || store.put(&key, entry)).await;
                 let outcome = match outcome {
@@ -111,6 +136,38 @@ impl Actor for Writer {
         }
         Ok(())
     }
+}
+
+/// Writes the latest pending version of `key` to the slower tiers, then forgets it (or
+/// schedules another flush if a newer version arrived meanwhile).
+async fn flush(myself: &ActorRef<WriterMsg>, key: EntryKey, state: &WriterState) {
+    let Some(entry) = state.pending.get(&key) else {
+        return; // Flushed already, or deleted.
+    };
+    let version = entry.meta.version;
+    let store = Arc::clone(&state.store);
+    let k = key.clone();
+    let outcome = tokio::task::spawn_blocking(move || store.put_slow(&k, entry)).await;
+    match outcome {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => {
+            tracing::error!(key = %key, error = %e, "write-back failed; dropping the key rather than serve an older value");
+            drop_key(state, &key).await;
+        }
+        Err(e) => {
+            tracing::error!(key = %key, error = %e, "write-back task failed; dropping the key");
+            drop_key(state, &key).await;
+        }
+    }
+    if state.pending.settle(&key, version) {
+        let _ = myself.cast(WriterMsg::Flush(key));
+    }
+}
+
+async fn drop_key(state: &WriterState, key: &EntryKey) {
+    let store = Arc::clone(&state.store);
+    let k = key.clone();
+    let _ = tokio::task::spawn_blocking(move || store.delete(&k)).await;
 }
 
 /// A message to the janitor.
@@ -195,6 +252,22 @@ impl Writers {
             .await
     }
 
+    /// Schedules a flush of `key`'s pending write on the key's shard.
+    pub fn flush(&self, key: EntryKey) {
+        if let Some(shard) = self.shard_of(&key) {
+            // Refused only while shutting down; the final flush writes what is left.
+            let _ = shard.cast(WriterMsg::Flush(key));
+        }
+    }
+
+    /// Waits until every shard has done what was queued before this call.
+    pub async fn barrier(&self) {
+        let shards = self.shards.read().clone();
+        for shard in shards {
+            let _ = shard.call(WriterMsg::Barrier, Some(self.timeout)).await;
+        }
+    }
+
     /// Deletes `key` through the key's shard.
     pub async fn delete(&self, key: EntryKey) -> Result<bool, WireError> {
         let k = key.clone();
@@ -218,15 +291,21 @@ pub struct SupervisorArgs {
     pub store: Arc<Tiered>,
     /// The shared writer handles to fill.
     pub writers: Writers,
+    /// Writes waiting to be flushed.
+    pub pending: Arc<Pending>,
     /// Number of writer shards.
     pub shards: usize,
     /// Interval of the janitor.
     pub janitor_every: Duration,
+    /// Prefix of this node's actor names.
+    pub prefix: String,
 }
 
 /// The supervisor's state.
 pub struct SupervisorState {
+    prefix: String,
     store: Arc<Tiered>,
+    pending: Arc<Pending>,
     writers: Writers,
     janitor: Option<ActorRef<JanitorMsg>>,
     janitor_every: Duration,
@@ -236,6 +315,7 @@ impl Supervisor {
     /// Starts the supervisor and its children; returns the shared writer handles.
     pub async fn start(
         store: Arc<Tiered>,
+        pending: Arc<Pending>,
         shards: usize,
         janitor_every: Duration,
         write_timeout: Duration,
@@ -244,26 +324,35 @@ impl Supervisor {
             shards: Arc::new(RwLock::new(Vec::new())),
             timeout: write_timeout,
         };
+        let prefix = node_prefix();
         let args = SupervisorArgs {
+            prefix: prefix.clone(),
             store,
+            pending,
             writers: writers.clone(),
             shards: shards.max(1),
             janitor_every,
         };
         let (supervisor, _) =
-            Actor::spawn(Some("strata-supervisor".into()), Supervisor, args).await?;
+            Actor::spawn(Some(format!("{prefix}-supervisor")), Supervisor, args).await?;
         Ok((supervisor, writers))
     }
 
     async fn spawn_writer(
         myself: &ActorRef<SupervisorMsg>,
+        prefix: &str,
         index: usize,
         store: &Arc<Tiered>,
+        pending: &Arc<Pending>,
     ) -> Result<ActorRef<WriterMsg>, ActorProcessingErr> {
+        let state = WriterState {
+            store: Arc::clone(store),
+            pending: Arc::clone(pending),
+        };
         let (writer, _) = Actor::spawn_linked(
-            Some(format!("strata-writer-{index}")),
+            Some(format!("{prefix}-writer-{index}")),
             Writer,
-            Arc::clone(store),
+            state,
             myself.get_cell(),
         )
         .await?;
@@ -283,18 +372,22 @@ impl Actor for Supervisor {
     ) -> Result<SupervisorState, ActorProcessingErr> {
         let mut shards = Vec::with_capacity(args.shards);
         for i in 0..args.shards {
-            shards.push(Self::spawn_writer(&myself, i, &args.store).await?);
+            shards.push(
+                Self::spawn_writer(&myself, &args.prefix, i, &args.store, &args.pending).await?,
+            );
         }
         *args.writers.shards.write() = shards;
         let (janitor, _) = Actor::spawn_linked(
-            Some("strata-janitor".into()),
+            Some(format!("{}-janitor", args.prefix)),
             Janitor,
             (Arc::clone(&args.store), args.janitor_every),
             myself.get_cell(),
         )
         .await?;
         Ok(SupervisorState {
+            prefix: args.prefix,
             store: args.store,
+            pending: args.pending,
             writers: args.writers,
             janitor: Some(janitor),
             janitor_every: args.janitor_every,
@@ -338,17 +431,20 @@ impl Actor for Supervisor {
         let name = cell.get_name().unwrap_or_default();
         tracing::error!(actor = %name, %error, "actor failed; restarting it");
         if let Some(index) = name
-            .strip_prefix("strata-writer-")
+            .rsplit_once("-writer-")
+            .map(|(_, index)| index)
             .and_then(|i| i.parse::<usize>().ok())
         {
-            let writer = Self::spawn_writer(&myself, index, &state.store).await?;
+            let writer =
+                Self::spawn_writer(&myself, &state.prefix, index, &state.store, &state.pending)
+                    .await?;
             let mut shards = state.writers.shards.write();
             if let Some(slot) = shards.get_mut(index) {
                 *slot = writer;
             }
-        } else if name == "strata-janitor" && state.janitor.is_some() {
+        } else if name.ends_with("-janitor") && state.janitor.is_some() {
             let (janitor, _) = Actor::spawn_linked(
-                Some("strata-janitor".into()),
+                Some(format!("{}-janitor", state.prefix)),
                 Janitor,
                 (Arc::clone(&state.store), state.janitor_every),
                 myself.get_cell(),

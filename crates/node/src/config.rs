@@ -151,6 +151,25 @@ pub struct StoreConfig {
     /// Number of filesystem writer actors; keys are sharded over them by hash. Default 4:
     /// enough to overlap fsyncs on an SSD, few enough not to thrash a spinning disk.
     pub writers: usize,
+    /// When a write is acknowledged. Default `back`: once it is in memory and queued for the
+    /// disk (see [`writeback`](crate::writeback)) — creating files is far slower than any
+    /// network round trip, and a cache's durability comes from replicas; `through` waits for
+    /// every tier.
+    pub write_mode: WriteMode,
+    /// Payload bytes acknowledged but not yet on disk, in `back` mode. Default 256 MiB: a
+    /// burst of writes is absorbed at memory speed; beyond it writes wait for the disk.
+    pub max_pending_bytes: u64,
+}
+
+/// When a write is acknowledged.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum WriteMode {
+    /// Once it is in memory and queued for the slower tiers.
+    #[default]
+    Back,
+    /// Once every tier holds it.
+    Through,
 }
 
 impl Default for StoreConfig {
@@ -171,6 +190,8 @@ impl Default for StoreConfig {
             ],
             set_policy: SetPolicy::All,
             writers: 4,
+            write_mode: WriteMode::Back,
+            max_pending_bytes: 256 << 20,
         }
     }
 }
@@ -180,6 +201,8 @@ impl PartialEq for StoreConfig {
     fn eq(&self, other: &Self) -> bool {
         self.set_policy == other.set_policy
             && self.writers == other.writers
+            && self.write_mode == other.write_mode
+            && self.max_pending_bytes == other.max_pending_bytes
             && self.tiers.len() == other.tiers.len()
             && self.tiers.iter().zip(&other.tiers).all(|(a, b)| {
                 a.kind == b.kind
@@ -367,6 +390,7 @@ impl Config {
         positive("limits.request_timeout_ms", l.request_timeout_ms)?;
         positive("limits.idle_timeout_ms", l.idle_timeout_ms)?;
         positive("store.writers", self.store.writers as u64)?;
+        positive("store.max_pending_bytes", self.store.max_pending_bytes)?;
         if l.chunk_bytes as u64 >= u64::from(l.max_frame_bytes) {
             return Err(invalid(
                 "limits.chunk_bytes",

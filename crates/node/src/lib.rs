@@ -9,6 +9,7 @@
 //! - [`service`]: executes requests against the local tiers.
 //! - [`actors`]: the supervised actors with a lifecycle: filesystem writers, janitor,
 //!   listener.
+//! - [`writeback`]: writes acknowledged from memory and flushed to disk by the writers.
 
 pub mod actors;
 pub mod certs;
@@ -16,3 +17,4 @@ pub mod config;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod writeback;

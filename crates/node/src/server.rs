@@ -36,8 +36,10 @@ use tokio_util::task::TaskTracker;
 
 use crate::actors::{self, Supervisor, SupervisorMsg};
 use crate::config::Config;
+use crate::config::WriteMode;
 use crate::service::{Service, ServiceLimits};
 use crate::tls;
+use crate::writeback::Pending;
 
 /// Everything a connection task needs.
 struct Shared {
@@ -63,6 +65,7 @@ pub struct RunningNode {
     supervisor: ActorRef<SupervisorMsg>,
     shared: Arc<Shared>,
     store: Arc<Tiered>,
+    pending: Arc<Pending>,
     grace: Duration,
 }
 
@@ -88,8 +91,10 @@ impl RunningNode {
                 .context("opening the tiers")?,
         );
         let request_timeout = Duration::from_millis(config.limits.request_timeout_ms);
+        let pending = Arc::new(Pending::new(config.store.max_pending_bytes));
         let (supervisor, writers) = Supervisor::start(
             Arc::clone(&store),
+            Arc::clone(&pending),
             config.store.writers,
             Duration::from_secs(30),
             request_timeout,
@@ -97,10 +102,18 @@ impl RunningNode {
         .await?;
 
         let limits = &config.limits;
+        // Write-back acknowledges from the first tier, which must then be in memory.
+        let memory_first = store.tiers().first().is_some_and(|t| !t.stats().persistent);
+        if config.store.write_mode == WriteMode::Back && !memory_first {
+            tracing::warn!("write_mode = \"back\" needs a memory tier first; writing through");
+        }
+        let write_back = (config.store.write_mode == WriteMode::Back && memory_first)
+            .then(|| Arc::clone(&pending));
         let service = Service::new(
             NodeId(config.node_id),
             Arc::clone(&store),
             writers,
+            write_back,
             clock,
             ServiceLimits {
                 max_value_bytes: limits.max_value_bytes,
@@ -140,7 +153,7 @@ impl RunningNode {
             .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let (listener, _) = Actor::spawn_linked(
-            Some("strata-listener".into()),
+            None,
             Listener,
             (endpoint.clone(), Arc::clone(&shared)),
             supervisor.get_cell(),
@@ -154,6 +167,7 @@ impl RunningNode {
             supervisor,
             shared,
             store,
+            pending,
             grace: Duration::from_millis(config.shutdown_grace_ms),
         })
     }
@@ -182,6 +196,14 @@ impl RunningNode {
             tracing::warn!("requests still in flight after the grace period; closing anyway");
         }
         actors::drain(&self.supervisor, self.grace).await;
+        // Writes still pending after the writers stopped (a flush re-queued during the
+        // drain) go to disk now.
+        let (pending, store) = (Arc::clone(&self.pending), Arc::clone(&self.store));
+        if let Ok(flushed) = tokio::task::spawn_blocking(move || pending.flush_all(&store)).await
+            && flushed > 0
+        {
+            tracing::info!(flushed, "flushed pending writes");
+        }
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("stopped");

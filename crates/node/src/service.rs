@@ -7,6 +7,7 @@
 //! tier. Writes are stamped with the node's hybrid logical clock and go through the writer
 //! shard of their key (see [`actors`](crate::actors)), which keeps writes to one key in order.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use strata_proto::{Entry, EntryKey, EntryMeta, Hlc, Key, Namespace, NodeId, Valu
 use strata_store::{Clock, Pattern, Tier, Tiered};
 
 use crate::actors::{Writers, store_error};
+use crate::writeback::Pending;
 
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
@@ -39,6 +41,8 @@ pub struct Service {
     node: NodeId,
     store: Arc<Tiered>,
     writers: Writers,
+    /// Writes acknowledged from memory and not yet on disk (`write_mode = "back"`).
+    pending: Option<Arc<Pending>>,
     clock: Arc<dyn Clock>,
     hlc: Mutex<Hlc>,
     limits: ServiceLimits,
@@ -56,6 +60,7 @@ impl Service {
         node: NodeId,
         store: Arc<Tiered>,
         writers: Writers,
+        pending: Option<Arc<Pending>>,
         clock: Arc<dyn Clock>,
         limits: ServiceLimits,
     ) -> Self {
@@ -63,6 +68,7 @@ impl Service {
             node,
             store,
             writers,
+            pending,
             clock,
             hlc: Mutex::new(Hlc::new(node)),
             limits,
@@ -106,15 +112,12 @@ impl Service {
             } => {
                 let key = entry_key(&namespace, &key)?;
                 let value = self.take_value(value, &mut bodies)?;
-                self.writers.put(key, self.stamp(value, ttl_ms)).await?;
+                self.write(key, value, ttl_ms).await?;
                 (Response::Stored, Vec::new())
             }
             Request::Delete { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
-                (
-                    Response::Deleted(self.writers.delete(key).await?),
-                    Vec::new(),
-                )
+                (Response::Deleted(self.delete(key).await?), Vec::new())
             }
             Request::Exists { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
@@ -130,10 +133,10 @@ impl Service {
             Request::Clear { namespace, pattern } => {
                 let namespace = parse_namespace(&namespace)?;
                 let pattern = parse_pattern(pattern.as_deref())?;
-                let removed = self
-                    .blocking(move |store| store.clear(&namespace, pattern.as_ref()))
-                    .await?;
-                (Response::Cleared(removed), Vec::new())
+                (
+                    Response::Cleared(self.clear(namespace, pattern).await?),
+                    Vec::new(),
+                )
             }
             Request::ListKeys {
                 namespace,
@@ -144,9 +147,7 @@ impl Service {
             } => {
                 let namespace = parse_namespace(&namespace)?;
                 let pattern = parse_pattern(pattern.as_deref())?;
-                let all = self
-                    .blocking(move |store| store.list_keys(&namespace, pattern.as_ref(), with_meta))
-                    .await?;
+                let all = self.list_keys(namespace, pattern, with_meta).await?;
                 let (keys, next) = page(all, after.as_deref(), limit);
                 (Response::Keys { keys, next }, Vec::new())
             }
@@ -181,10 +182,7 @@ impl Service {
                     let value = self.take_value(value, &mut bodies)?;
                     match parse_key(&key) {
                         Ok(key) => {
-                            writes.push(Some((
-                                EntryKey::new(namespace.clone(), key),
-                                self.stamp(value, ttl_ms),
-                            )));
+                            writes.push(Some((EntryKey::new(namespace.clone(), key), value)));
                             outcomes.push(None);
                         }
                         Err(e) => {
@@ -195,7 +193,7 @@ impl Service {
                 }
                 let results = futures::future::join_all(writes.into_iter().map(|w| async move {
                     match w {
-                        Some((key, entry)) => self.writers.put(key, entry).await.err(),
+                        Some((key, value)) => self.write(key, value, ttl_ms).await.err(),
                         None => None,
                     }
                 }))
@@ -277,9 +275,96 @@ impl Service {
         }
     }
 
+    /// Stores a value: in write-back mode once it is in memory and pending (the writer of its
+    /// key flushes it), otherwise once the writer has put it in every tier.
+    async fn write(&self, key: EntryKey, value: Value, ttl_ms: Option<u64>) -> Outcome<()> {
+        let Some(pending) = &self.pending else {
+            return self.writers.put(key, self.stamp(value, ttl_ms)).await;
+        };
+        pending.wait_for_room(value.payload_len() as u64).await;
+        let newly_pending = {
+            // The version is assigned under the key's lock, so versions of one key reach
+            // memory and the pending map in order.
+            let mut shard = pending.lock(&key);
+            let entry = self.stamp(value, ttl_ms);
+            self.store
+                .put_fast(&key, entry.clone())
+                .map_err(store_error)?;
+            pending.insert(&mut shard, key.clone(), entry)
+        };
+        if newly_pending {
+            self.writers.flush(key);
+        }
+        Ok(())
+    }
+
+    async fn delete(&self, key: EntryKey) -> Outcome<bool> {
+        let was_pending = match &self.pending {
+            Some(pending) => pending.remove(&mut pending.lock(&key), &key),
+            None => false,
+        };
+        // Through the key's writer: after any flush of it already queued.
+        Ok(self.writers.delete(key).await? || was_pending)
+    }
+
+    async fn clear(&self, namespace: Namespace, pattern: Option<Pattern>) -> Outcome<u64> {
+        let mut only_pending = BTreeSet::new();
+        if let Some(pending) = &self.pending {
+            only_pending.extend(
+                pending
+                    .matching(&namespace, pattern.as_ref())
+                    .into_iter()
+                    .map(|(k, _)| k),
+            );
+            pending.remove_matching(&namespace, pattern.as_ref());
+            // Let flushes already under way finish, so none lands after the clear.
+            self.writers.barrier().await;
+        }
+        let (listed, removed) = self
+            .blocking(move |store| {
+                let listed = store.list_keys(&namespace, pattern.as_ref(), false)?;
+                Ok((listed, store.clear(&namespace, pattern.as_ref())?))
+            })
+            .await?;
+        for (key, _) in listed {
+            only_pending.remove(&key);
+        }
+        Ok(removed + only_pending.len() as u64)
+    }
+
+    async fn list_keys(
+        &self,
+        namespace: Namespace,
+        pattern: Option<Pattern>,
+        with_meta: bool,
+    ) -> Outcome<Vec<(Key, Option<EntryMeta>)>> {
+        let pending = self
+            .pending
+            .as_ref()
+            .map(|p| p.matching(&namespace, pattern.as_ref()))
+            .unwrap_or_default();
+        let stored = self
+            .blocking(move |store| store.list_keys(&namespace, pattern.as_ref(), with_meta))
+            .await?;
+        let mut merged: BTreeMap<Key, Option<EntryMeta>> = stored.into_iter().collect();
+        for (key, meta) in pending {
+            merged.insert(key, with_meta.then_some(meta));
+        }
+        Ok(merged.into_iter().collect())
+    }
+
+    /// A write acknowledged but not yet on disk.
+    fn pending_entry(&self, key: &EntryKey) -> Option<Entry> {
+        let entry = self.pending.as_ref()?.get(key)?;
+        (!entry.is_expired(self.clock.now())).then_some(entry)
+    }
+
     async fn get(&self, key: EntryKey) -> Outcome<Option<Entry>> {
         // A memory hit is answered here, with no thread or mailbox hop.
         if let Some(entry) = self.store.get_fast(&key).map_err(store_error)? {
+            return Ok(Some(entry));
+        }
+        if let Some(entry) = self.pending_entry(&key) {
             return Ok(Some(entry));
         }
         self.blocking(move |store| store.get_slow(&key)).await
@@ -289,7 +374,12 @@ impl Service {
         let mut found = Vec::with_capacity(keys.len());
         let mut misses = Vec::new();
         for (i, key) in keys.into_iter().enumerate() {
-            match self.store.get_fast(&key).map_err(store_error)? {
+            match self
+                .store
+                .get_fast(&key)
+                .map_err(store_error)?
+                .or_else(|| self.pending_entry(&key))
+            {
                 Some(entry) => found.push(Some(entry)),
                 None => {
                     found.push(None);
@@ -318,6 +408,9 @@ impl Service {
             && let Some(meta) = first.metadata(&key).map_err(store_error)?
         {
             return Ok(Some(meta));
+        }
+        if let Some(entry) = self.pending_entry(&key) {
+            return Ok(Some(entry.meta));
         }
         self.blocking(move |store| store.metadata(&key)).await
     }

@@ -202,6 +202,36 @@ impl Tier for MemoryTier {
         Ok(())
     }
 
+    fn put_if_newer(&self, key: &EntryKey, entry: Entry) -> Result<bool> {
+        // One atomic step per key: compare and insert under moka's entry lock.
+        let now = self.clock.now();
+        let version = entry.meta.version;
+        let mut entry = Some(entry);
+        let result = self
+            .cache
+            .entry_by_ref(key)
+            .and_compute_with(|current| match current {
+                Some(current)
+                    if current.value().meta.version >= version
+                        && !current.value().is_expired(now) =>
+                {
+                    Op::Nop
+                }
+                _ => match entry.take() {
+                    Some(e) => Op::Put(Arc::new(e)),
+                    None => Op::Nop,
+                },
+            });
+        let stored = matches!(
+            result,
+            CompResult::Inserted(_) | CompResult::ReplacedWith(_)
+        );
+        if stored {
+            Counters::bump(&self.counters.sets);
+        }
+        Ok(stored)
+    }
+
     fn delete(&self, key: &EntryKey) -> Result<bool> {
         let removed = self.cache.remove(key).is_some();
         if removed {

@@ -63,6 +63,17 @@ pub trait Tier: Send + Sync + fmt::Debug {
     /// Counters and sizes.
     fn stats(&self) -> TierStats;
 
+    /// Stores `entry` only if the tier holds no newer (or equal) version of `key`; whether it
+    /// did. Replicas and promotions use it so an older write never replaces a newer one.
+    /// The default looks and then writes; callers that race on one key must order themselves
+    /// (as [`Tiered`](crate::Tiered) does with its per-key lock).
+    fn put_if_newer(&self, key: &EntryKey, entry: Entry) -> Result<bool> {
+        match self.metadata(key)? {
+            Some(held) if held.version >= entry.meta.version => Ok(false),
+            _ => self.put(key, entry).map(|()| true),
+        }
+    }
+
     /// Whether `key` is present and not expired.
     fn exists(&self, key: &EntryKey) -> Result<bool> {
         Ok(self.metadata(key)?.is_some())

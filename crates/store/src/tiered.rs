@@ -170,6 +170,28 @@ impl Tiered {
         Ok(found)
     }
 
+    /// Stores `entry` in the first (fastest) tier only, unless it holds a newer version;
+    /// whether it did. Ordered against promotions and other writes of the key by the per-key
+    /// lock. With [`Tiered::put_slow`], a write-back path writes memory now and the slower
+    /// tiers later.
+    /// Counts the write (the manager's `sets` are acknowledged writes).
+    pub fn put_fast(&self, key: &EntryKey, entry: Entry) -> Result<bool> {
+        let _write = self.stripe(key).write();
+        let stored = self.first().put_if_newer(key, entry)?;
+        Counters::bump(&self.counters.sets);
+        Ok(stored)
+    }
+
+    /// Stores `entry` in every tier below the first (the second half of a write-back, which
+    /// [`Tiered::put_fast`] counted).
+    pub fn put_slow(&self, key: &EntryKey, entry: Entry) -> Result<()> {
+        let _write = self.stripe(key).write();
+        for tier in self.tiers[1..].iter().rev() {
+            tier.put(key, entry.clone())?;
+        }
+        Ok(())
+    }
+
     fn first(&self) -> &Arc<dyn Tier> {
         // Construction refuses an empty list.
         &self.tiers[0]
@@ -193,7 +215,8 @@ impl Tiered {
             match tier.get(key) {
                 Ok(Some(entry)) => {
                     for faster in &self.tiers[..=i] {
-                        if let Err(e) = faster.put(key, entry.clone()) {
+                        // Never over a newer version a write-back path put there first.
+                        if let Err(e) = faster.put_if_newer(key, entry.clone()) {
                             tracing::debug!(tier = faster.name(), error = %e, "promotion failed");
                         }
                     }
