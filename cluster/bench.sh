@@ -173,12 +173,28 @@ start_node node
 MAIN_PID=$NODE_PID
 MAIN_ADDR=$NODE_ADDR
 
+# Waits until the node has flushed every write it acknowledged from memory (write-back), so
+# that the next measurement, Strata's or Redis', does not share the CPU with that disk work.
+settle() { # addr
+    local addr=$1 left i
+    for ((i = 0; i < 600; i++)); do
+        left=$("$STRATA" stats --addr "$addr" --certs "$TMP/certs" --json |
+            python3 -c 'import json,sys; print(json.load(sys.stdin).get("write_back", {}).get("pending_keys", 0))')
+        [[ $left == 0 ]] && return 0
+        sleep 0.5
+    done
+    log "node at $addr still has $left writes to flush after 5 minutes"
+    return 1
+}
+
 bench() { # name addr bench-args...
     local name=$1 addr=$2
     shift 2
     log "strata bench $name"
+    # strata bench itself waits for the pre-population to be flushed before it measures.
     run_sampled "$name" "$NODE_PID" "$STRATA" bench --addr "$addr" --certs "$TMP/certs" \
         --json "$@"
+    settle "$addr"
 }
 
 for size in "${SIZES[@]}"; do

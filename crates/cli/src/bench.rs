@@ -370,6 +370,7 @@ pub(crate) fn run(args: BenchArgs) -> Result<ExitCode> {
         let client = args.target.connect().await?;
         let values = Values::new(args.size);
         populate(&client, &ns, &keys, &values, args.target.json).await?;
+        settle(&client, args.target.json).await?;
         let (recorded, elapsed) = measure(&args, &client, &ns, &keys, &values, limit).await?;
         client.close().await;
         summarize(&args, &recorded, elapsed)
@@ -418,6 +419,36 @@ async fn populate(
     }
     bar.finish_and_clear();
     Ok(())
+}
+
+/// Waits (up to five minutes) until the node has flushed the writes it acknowledged from
+/// memory (write-back), so the timed run does not pay for the pre-population's disk writes.
+async fn settle(client: &Client, quiet: bool) -> Result<()> {
+    let pending =
+        |stats: &serde_json::Value| stats["write_back"]["pending_keys"].as_u64().unwrap_or(0);
+    let deadline = std::time::Instant::now() + Duration::from_secs(300);
+    let first = pending(&client.stats().await?);
+    if first == 0 {
+        return Ok(());
+    }
+    let bar = progress_bar(
+        first,
+        "flushing {bar:40} {pos}/{len} writes reach the disk",
+        quiet,
+    );
+    loop {
+        let left = pending(&client.stats().await?);
+        bar.set_position(first.saturating_sub(left));
+        if left == 0 {
+            bar.finish_and_clear();
+            return Ok(());
+        }
+        anyhow::ensure!(
+            std::time::Instant::now() < deadline,
+            "the node still has {left} writes to flush after 5 minutes"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Runs the load and returns what was recorded and how long it took.

@@ -441,6 +441,11 @@ impl Service {
             },
             "manager": stats.manager,
             "tiers": stats.tiers,
+            "write_back": {
+                "enabled": self.pending.is_some(),
+                "pending_keys": self.pending.as_ref().map_or(0, |p| p.len()),
+                "pending_bytes": self.pending.as_ref().map_or(0, |p| p.bytes()),
+            },
         })
         .to_string()
     }

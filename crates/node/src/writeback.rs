@@ -56,6 +56,16 @@ impl Pending {
         self.shards[(h.finish() as usize) % SHARDS].lock()
     }
 
+    /// Number of keys pending.
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len()).sum()
+    }
+
+    /// Whether nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
     /// Bytes of payload pending.
     pub fn bytes(&self) -> u64 {
         self.bytes.load(Ordering::Relaxed)
