@@ -148,10 +148,18 @@ pub async fn read_bodies(
     for &len in lengths {
         let len = usize::try_from(len)
             .map_err(|_| WireError::new(ErrorCode::TooLarge, "value too large for this machine"))?;
-        let mut buf = BytesMut::zeroed(len);
-        recv.read_exact(&mut buf)
-            .await
-            .map_err(|e| read_error(e, len, false))?;
+        // Reserve, then append what arrives: one pass over the bytes (no zeroing first), and
+        // the buffer is freshly allocated, so tensor data after its 64-byte-aligned header is
+        // aligned for zero-copy views. Never asks for more than this body, so the next one
+        // stays on the stream.
+        let mut buf = BytesMut::with_capacity(len);
+        while buf.len() < len {
+            match recv.read_chunk(len - buf.len(), true).await {
+                Ok(Some(chunk)) => buf.extend_from_slice(&chunk.bytes),
+                Ok(None) => return Err(StreamError::Truncated(len - buf.len())),
+                Err(e) => return Err(StreamError::Transport(e.to_string())),
+            }
+        }
         bodies.push(buf.freeze());
     }
     Ok(bodies)
