@@ -242,12 +242,11 @@ fn cli_commands_follow_the_contract() {
     let addr = node.addr().to_string();
     let certs = cluster.certs();
     let certs = certs.to_str().unwrap();
+    // `strata COMMAND --addr A --certs C ARGS...`
     let run = |args: &[&str]| {
-        let mut all = vec!["--addr", addr.as_str(), "--certs", certs];
-        all.extend_from_slice(args);
-        let mut full: Vec<&str> = vec![args[0]];
-        full.extend_from_slice(&all[..4]);
-        full.extend_from_slice(&args[1..]);
+        let (command, rest) = args.split_first().unwrap();
+        let mut full = vec![*command, "--addr", addr.as_str(), "--certs", certs];
+        full.extend_from_slice(rest);
         strata(&full).unwrap()
     };
     assert!(
