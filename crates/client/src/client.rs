@@ -527,21 +527,10 @@ fn entry_from_wire(
 
 /// The error for an answer of the wrong kind.
 fn unexpected(request: &str, response: &Response) -> Error {
-    let kind = match response {
-        Response::Pong { .. } => "Pong",
-        Response::Entry(_) => "Entry",
-        Response::Stored => "Stored",
-        Response::Deleted(_) => "Deleted",
-        Response::Exists(_) => "Exists",
-        Response::Metadata(_) => "Metadata",
-        Response::Cleared(_) => "Cleared",
-        Response::Keys { .. } => "Keys",
-        Response::Stats(_) => "Stats",
-        Response::Entries(_) => "Entries",
-        Response::StoredMany(_) => "StoredMany",
-        Response::Error(_) => "Error",
-    };
-    Error::Protocol(format!("node answered a {request} request with {kind}"))
+    Error::Protocol(format!(
+        "node answered a {request} request with {}",
+        response.kind()
+    ))
 }
 
 #[cfg(test)]

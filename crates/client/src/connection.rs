@@ -38,7 +38,7 @@ const CLOSED_BY_CLIENT: VarInt = VarInt::from_u32(0);
 /// Resolves `HOST:PORT`, preferring an IPv4 address: `localhost` often resolves to `::1`
 /// first while nodes commonly listen on `127.0.0.1`/`0.0.0.0`, and QUIC to an address nobody
 /// listens on only fails by timing out.
-pub(crate) async fn resolve(addr: &str) -> Result<SocketAddr, Error> {
+pub async fn resolve(addr: &str) -> Result<SocketAddr, Error> {
     let (host, port) = split_host_port(addr)?;
     let resolved: Vec<SocketAddr> = tokio::net::lookup_host((host, port))
         .await
@@ -64,7 +64,7 @@ fn is_tls_alert(code: quinn::TransportErrorCode) -> bool {
 }
 
 /// The client's link to one node: a kept connection, made again when it breaks.
-pub(crate) struct NodeConnection {
+pub struct NodeConnection {
     /// The node's address as configured, for messages.
     addr: String,
     /// The address connected to.
@@ -87,7 +87,7 @@ pub(crate) struct NodeConnection {
 
 impl NodeConnection {
     /// A link to the node at `remote` (resolved from `config.addr`); connects lazily.
-    pub(crate) fn new(
+    pub fn new(
         config: &ClientConfig,
         remote: SocketAddr,
         endpoint: Endpoint,
@@ -109,12 +109,12 @@ impl NodeConnection {
     }
 
     /// The node's address as configured.
-    pub(crate) fn addr(&self) -> &str {
+    pub fn addr(&self) -> &str {
         &self.addr
     }
 
     /// The live connection, making one if there is none or it has closed.
-    pub(crate) async fn connection(&self) -> Result<Connection, Error> {
+    pub async fn connection(&self) -> Result<Connection, Error> {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
@@ -157,7 +157,7 @@ impl NodeConnection {
 
     /// Sends one request and reads its answer: one attempt, bounded by the request timeout.
     /// `bodies` are the payload buffers of the frame's streamed values, in frame order.
-    pub(crate) async fn exchange(
+    pub async fn exchange(
         &self,
         frame: &RequestFrame,
         bodies: &[Bytes],
@@ -212,7 +212,7 @@ impl NodeConnection {
     }
 
     /// Closes the connection, telling the node. The next request connects again.
-    pub(crate) fn close(&self) {
+    pub fn close(&self) {
         let conn = self.current.lock().take();
         if let Some(conn) = conn {
             conn.close(CLOSED_BY_CLIENT, b"client closed");

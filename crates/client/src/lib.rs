@@ -25,21 +25,21 @@
 //! - [`config`]: [`ClientConfig`] and [`TlsFiles`]: address, certificates, timeouts,
 //!   retries, limits, with the reasons for their defaults.
 //! - [`error`]: [`Error`], with [`Error::is_retryable`].
-//! - `connection`: the link to one node — a kept connection, reconnected lazily, and one
+//! - [`connection`]: the link to one node — a kept connection, reconnected lazily, and one
 //!   request attempt over one stream (the unit ring-aware routing will multiply).
 //! - [`client`]: [`Client`], the typed calls, retries and batches on top.
 //! - `batch`: how batch calls are cut into requests (pure functions).
-//! - `tls`: rustls/quinn configuration from the certificate files.
+//! - [`tls`]: rustls/quinn configuration from the certificate files.
 //! - [`io`]: frames and streamed bodies on QUIC streams (shared with the node).
 
 pub mod client;
 pub mod config;
+pub mod connection;
 pub mod error;
 pub mod io;
+pub mod tls;
 
 mod batch;
-mod connection;
-mod tls;
 
 pub use client::{Client, KeysPage};
 pub use config::{ClientConfig, TlsFiles};

@@ -91,7 +91,7 @@ pub(crate) fn rustls_config(files: &TlsFiles) -> Result<rustls::ClientConfig, Er
 }
 
 /// The QUIC client configuration: TLS plus transport parameters.
-pub(crate) fn quic_config(files: &TlsFiles) -> Result<quinn::ClientConfig, Error> {
+pub fn quic_config(files: &TlsFiles) -> Result<quinn::ClientConfig, Error> {
     let crypto = QuicClientConfig::try_from(rustls_config(files)?)
         .map_err(|e| Error::Tls(format!("TLS configuration unusable for QUIC: {e}")))?;
     let mut transport = quinn::TransportConfig::default();

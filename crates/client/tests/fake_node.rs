@@ -400,6 +400,10 @@ async fn answer(
                     .collect(),
             )
         }
+        other => Response::Error(WireError::new(
+            ErrorCode::Forbidden,
+            format!("{} is not served by the fake node", other.kind()),
+        )),
     };
     Some((response, out))
 }

@@ -205,6 +205,12 @@ impl Service {
                 }
                 (Response::StoredMany(outcomes), Vec::new())
             }
+            other => {
+                return Err(WireError::new(
+                    ErrorCode::Forbidden,
+                    format!("{} is not served by this node", other.kind()),
+                ));
+            }
         })
     }
 

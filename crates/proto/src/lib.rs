@@ -16,6 +16,8 @@
 //!   [`Timestamp`].
 //! - [`codec`]: the payload codec that turns a value into the bytes kept on disk (raw bytes,
 //!   `.npy` tensors, JPEG frames, JSON records) and back, with its checksum.
+//! - [`ring`]: partitions, members, placement of partitions on members, and the [`Ring`]
+//!   clients route by.
 //! - [`wire`]: the client–node protocol: framing, requests, responses, wire errors.
 //! - [`error`]: the [`Error`] enum for everything above.
 
@@ -24,6 +26,7 @@ pub mod entry;
 pub mod error;
 pub mod key;
 pub mod meta;
+pub mod ring;
 pub mod value;
 pub mod version;
 pub mod wire;
@@ -33,5 +36,6 @@ pub use entry::Entry;
 pub use error::{Error, Result};
 pub use key::{EntryKey, Key, MAX_KEY_BYTES, MAX_NAMESPACE_LEN, Namespace};
 pub use meta::{EntryMeta, Format, Timestamp};
+pub use ring::{Member, MemberState, PartitionId, PartitionTable, Ring, RingParams};
 pub use value::{DType, Element, Frame, FrameFormat, Record, Tensor, Value};
 pub use version::{Hlc, NodeId, Version};

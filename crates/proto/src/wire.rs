@@ -39,8 +39,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_payload, encode_payload};
 use crate::meta::{EntryMeta, Format};
+use crate::ring::{Member, PartitionId, Ring};
 use crate::value::Value;
-use crate::version::NodeId;
+use crate::version::{NodeId, Version};
 
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"STRA";
@@ -292,6 +293,73 @@ pub enum Request {
         /// Keys and values.
         items: Vec<(String, WireValue)>,
     },
+    /// The ring the node routes by: members, epoch, partition table.
+    Ring,
+    /// Add a member to the cluster (forwarded to the Raft leader). Idempotent.
+    Join {
+        /// The member, as it should be dialled.
+        member: Member,
+    },
+    /// Hand a member's partitions off and remove it (forwarded to the Raft leader).
+    Leave {
+        /// The member that leaves.
+        node: NodeId,
+    },
+    /// A Raft RPC between nodes; the payload is the postcard-encoded openraft request.
+    Raft {
+        /// Which RPC.
+        rpc: RaftRpc,
+        /// The encoded request.
+        payload: Bytes,
+    },
+    /// A cluster-metadata command for the Raft leader (postcard-encoded), from a node that is
+    /// not the leader.
+    Propose(Bytes),
+    /// Apply an entry written on another node (replication, hand-off), if it is newer than
+    /// what is held. Peers only.
+    Replicate {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The entry's metadata, with its version.
+        meta: EntryMeta,
+        /// Its payload.
+        body: Body,
+    },
+    /// Apply a delete issued on another node, unless a newer write is held. Peers only.
+    ReplicateDelete {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The delete's version.
+        version: Version,
+    },
+    /// Stream the entries of some partitions to a new holder, a page at a time; the node
+    /// also forwards later writes to those partitions to the asking member until the
+    /// hand-off completes. Peers only.
+    ScanPartitions {
+        /// The member that asks (and receives forwarded writes).
+        receiver: NodeId,
+        /// The partitions.
+        partitions: Vec<PartitionId>,
+        /// Continue after this (namespace, key).
+        after: Option<(String, String)>,
+        /// Most entries in this page.
+        limit: u32,
+    },
+}
+
+/// The Raft RPCs carried by [`Request::Raft`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RaftRpc {
+    /// AppendEntries.
+    AppendEntries,
+    /// RequestVote.
+    Vote,
+    /// InstallSnapshot (one chunk).
+    InstallSnapshot,
 }
 
 impl Request {
@@ -309,23 +377,39 @@ impl Request {
             Request::Stats => "stats",
             Request::GetMany { .. } => "get_many",
             Request::SetMany { .. } => "set_many",
+            Request::Ring => "ring",
+            Request::Join { .. } => "join",
+            Request::Leave { .. } => "leave",
+            Request::Raft { .. } => "raft",
+            Request::Propose(_) => "propose",
+            Request::Replicate { .. } => "replicate",
+            Request::ReplicateDelete { .. } => "replicate_delete",
+            Request::ScanPartitions { .. } => "scan_partitions",
+        }
+    }
+
+    /// The (namespace, key) this request is about, when it is about one key: such requests
+    /// are answered only by the key's owner.
+    pub fn single_key(&self) -> Option<(&str, &str)> {
+        match self {
+            Request::Get { namespace, key }
+            | Request::Set { namespace, key, .. }
+            | Request::Delete { namespace, key }
+            | Request::Exists { namespace, key }
+            | Request::Metadata { namespace, key } => Some((namespace, key)),
+            _ => None,
         }
     }
 
     /// The bodies that follow this request's frame, in order.
     pub fn streamed_lengths(&self) -> Vec<u64> {
-        let values: Vec<&WireValue> = match self {
-            Request::Set { value, .. } => vec![value],
-            Request::SetMany { items, .. } => items.iter().map(|(_, v)| v).collect(),
+        let bodies: Vec<&Body> = match self {
+            Request::Set { value, .. } => vec![&value.body],
+            Request::SetMany { items, .. } => items.iter().map(|(_, v)| &v.body).collect(),
+            Request::Replicate { body, .. } => vec![body],
             _ => Vec::new(),
         };
-        values
-            .into_iter()
-            .filter_map(|v| match v.body {
-                Body::Streamed(n) => Some(n),
-                Body::Inline(_) => None,
-            })
-            .collect()
+        streamed(bodies)
     }
 }
 
@@ -364,25 +448,71 @@ pub enum Response {
     Entries(Vec<Option<WireEntry>>),
     /// Answer to [`Request::SetMany`]: one outcome per item, in request order.
     StoredMany(Vec<Option<WireError>>),
+    /// The node's ring (answer to [`Request::Ring`], [`Request::Join`], [`Request::Leave`]).
+    Ring(Box<Ring>),
+    /// The node does not own the key at its epoch: route by this ring instead. Nothing was
+    /// read or written.
+    Redirect(Box<Ring>),
+    /// Answer to [`Request::Raft`] and [`Request::Propose`]: the postcard-encoded openraft
+    /// response.
+    Raft(Bytes),
+    /// Answer to [`Request::Replicate`] and [`Request::ReplicateDelete`]: whether it was
+    /// applied (false if something newer was held).
+    Applied(bool),
+    /// A page of [`Request::ScanPartitions`].
+    Scanned {
+        /// Namespace, key and entry, in (namespace, key) order.
+        entries: Vec<(String, String, WireEntry)>,
+        /// Pass as `after` for the next page; none at the end.
+        next: Option<(String, String)>,
+    },
     /// The request failed.
     Error(WireError),
 }
 
+fn streamed(bodies: Vec<&Body>) -> Vec<u64> {
+    bodies
+        .into_iter()
+        .filter_map(|b| match b {
+            Body::Streamed(n) => Some(*n),
+            Body::Inline(_) => None,
+        })
+        .collect()
+}
+
 impl Response {
+    /// The variant's name, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Response::Pong { .. } => "Pong",
+            Response::Entry(_) => "Entry",
+            Response::Stored => "Stored",
+            Response::Deleted(_) => "Deleted",
+            Response::Exists(_) => "Exists",
+            Response::Metadata(_) => "Metadata",
+            Response::Cleared(_) => "Cleared",
+            Response::Keys { .. } => "Keys",
+            Response::Stats(_) => "Stats",
+            Response::Entries(_) => "Entries",
+            Response::StoredMany(_) => "StoredMany",
+            Response::Ring(_) => "Ring",
+            Response::Redirect(_) => "Redirect",
+            Response::Raft(_) => "Raft",
+            Response::Applied(_) => "Applied",
+            Response::Scanned { .. } => "Scanned",
+            Response::Error(_) => "Error",
+        }
+    }
+
     /// The bodies that follow this response's frame, in order.
     pub fn streamed_lengths(&self) -> Vec<u64> {
-        let entries: Vec<&WireEntry> = match self {
-            Response::Entry(Some(e)) => vec![e],
-            Response::Entries(es) => es.iter().flatten().collect(),
+        let bodies: Vec<&Body> = match self {
+            Response::Entry(Some(e)) => vec![&e.body],
+            Response::Entries(es) => es.iter().flatten().map(|e| &e.body).collect(),
+            Response::Scanned { entries, .. } => entries.iter().map(|(_, _, e)| &e.body).collect(),
             _ => Vec::new(),
         };
-        entries
-            .into_iter()
-            .filter_map(|e| match e.body {
-                Body::Streamed(n) => Some(n),
-                Body::Inline(_) => None,
-            })
-            .collect()
+        streamed(bodies)
     }
 }
 
@@ -436,12 +566,20 @@ pub enum ErrorCode {
     Timeout,
     /// Anything else on the node's side.
     Internal,
+    /// The request is for nodes of the cluster only, or the caller is not allowed it.
+    Forbidden,
+    /// The cluster cannot do this now (no Raft leader, a member unknown, a change already
+    /// under way); try again later.
+    NotReady,
 }
 
 impl ErrorCode {
     /// Whether the same request may succeed if sent again.
     pub fn is_retryable(self) -> bool {
-        matches!(self, ErrorCode::Unavailable | ErrorCode::Timeout)
+        matches!(
+            self,
+            ErrorCode::Unavailable | ErrorCode::Timeout | ErrorCode::NotReady
+        )
     }
 }
 
