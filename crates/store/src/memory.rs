@@ -276,6 +276,15 @@ impl Tier for MemoryTier {
         Ok(keys)
     }
 
+    fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let set: std::collections::BTreeSet<Namespace> = self
+            .cache
+            .iter()
+            .map(|(k, _)| k.namespace.clone())
+            .collect();
+        Ok(set.into_iter().collect())
+    }
+
     fn cleanup_expired(&self) -> Result<u64> {
         let now = self.clock.now();
         let before = self.counters.expired.load(Ordering::Relaxed);

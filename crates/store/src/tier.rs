@@ -57,6 +57,9 @@ pub trait Tier: Send + Sync + fmt::Debug {
         with_meta: bool,
     ) -> Result<Vec<(Key, Option<EntryMeta>)>>;
 
+    /// Every namespace that holds at least one entry, sorted.
+    fn namespaces(&self) -> Result<Vec<Namespace>>;
+
     /// Removes every expired entry; how many were removed.
     fn cleanup_expired(&self) -> Result<u64>;
 

@@ -347,6 +347,14 @@ impl Tier for Tiered {
         Ok(merged.into_iter().collect())
     }
 
+    fn namespaces(&self) -> Result<Vec<Namespace>> {
+        let mut set = std::collections::BTreeSet::new();
+        for tier in &self.tiers {
+            set.extend(tier.namespaces()?);
+        }
+        Ok(set.into_iter().collect())
+    }
+
     /// Cleans every tier. The count is of entries, not copies: every entry lives in the
     /// slowest tier (writes reach all tiers, promotion copies upward), so the largest count
     /// of any one tier is the number of entries that expired.

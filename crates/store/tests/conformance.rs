@@ -346,6 +346,25 @@ mod cases {
         assert!(Pattern::new("[unclosed").is_err());
     }
 
+    pub(crate) fn namespaces_are_listed(h: Harness) {
+        assert!(h.tier.namespaces().unwrap().is_empty());
+        h.tier
+            .set(&key("tenant_b", "k1"), bytes("b"), None)
+            .unwrap();
+        h.tier
+            .set(&key("tenant_a", "k1"), bytes("a"), None)
+            .unwrap();
+        h.tier
+            .set(&key("tenant_a", "k2"), bytes("a"), None)
+            .unwrap();
+        assert_eq!(
+            h.tier.namespaces().unwrap(),
+            vec![ns("tenant_a"), ns("tenant_b")]
+        );
+        h.tier.delete(&key("tenant_b", "k1")).unwrap();
+        assert_eq!(h.tier.namespaces().unwrap(), vec![ns("tenant_a")]);
+    }
+
     pub(crate) fn namespaces_are_isolated(h: Harness) {
         h.tier
             .set(&key("tenant_a", "same:key"), bytes("a"), None)
@@ -486,6 +505,7 @@ macro_rules! conformance {
                 #[test] fn cleanup_expired_counts() { cases::cleanup_expired_counts(super::$tier()) }
                 #[test] fn clear_by_pattern() { cases::clear_by_pattern(super::$tier()) }
                 #[test] fn list_keys_filters_sorts_and_describes() { cases::list_keys_filters_sorts_and_describes(super::$tier()) }
+                #[test] fn namespaces_are_listed() { cases::namespaces_are_listed(super::$tier()) }
                 #[test] fn namespaces_are_isolated() { cases::namespaces_are_isolated(super::$tier()) }
                 #[test] fn hostile_keys_round_trip() { cases::hostile_keys_round_trip(super::$tier()) }
                 #[test] fn stats_count_operations() { cases::stats_count_operations(super::$tier()) }

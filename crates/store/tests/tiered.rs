@@ -204,6 +204,9 @@ impl Tier for Refusing {
     ) -> strata_store::Result<Vec<(Key, Option<EntryMeta>)>> {
         self.inner.list_keys(ns, p, m)
     }
+    fn namespaces(&self) -> strata_store::Result<Vec<Namespace>> {
+        self.inner.namespaces()
+    }
     fn cleanup_expired(&self) -> strata_store::Result<u64> {
         self.inner.cleanup_expired()
     }

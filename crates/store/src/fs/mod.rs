@@ -1167,6 +1167,17 @@ impl Tier for FsTier {
         Ok(keys)
     }
 
+    fn namespaces(&self) -> Result<Vec<Namespace>> {
+        self.inner.wait_ready(None);
+        let index = self.inner.index.lock();
+        let set: std::collections::BTreeSet<Namespace> = index
+            .entries
+            .iter()
+            .map(|(k, _)| k.namespace.clone())
+            .collect();
+        Ok(set.into_iter().collect())
+    }
+
     fn cleanup_expired(&self) -> Result<u64> {
         self.inner.cleanup_expired()
     }
