@@ -70,6 +70,50 @@ impl Cluster {
     ) -> Result<TestNode> {
         TestNode::start(&self.certs(), &self.data_dir(name), args, env)
     }
+
+    /// Starts cluster member `id` at a fixed address (so it can be restarted there), with
+    /// data directory `node-ID`, bootstrapping a new cluster (`seed` none) or joining
+    /// through `seed`.
+    pub(crate) fn start_member(
+        &self,
+        id: u64,
+        listen: SocketAddr,
+        seed: Option<SocketAddr>,
+    ) -> Result<TestNode> {
+        let admin = free_tcp_port()?;
+        let (id, listen, admin) = (id.to_string(), listen.to_string(), admin.to_string());
+        let mut args = vec![
+            "--node-id",
+            id.as_str(),
+            "--listen",
+            listen.as_str(),
+            "--admin",
+            admin.as_str(),
+        ];
+        let seed = seed.map(|s| s.to_string());
+        match &seed {
+            Some(seed) => args.extend(["--join", seed.as_str()]),
+            None => args.push("--bootstrap"),
+        }
+        TestNode::start_with(
+            &self.certs(),
+            &self.data_dir(&format!("node-{id}")),
+            &args,
+            &[],
+        )
+    }
+}
+
+/// A UDP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_udp_port() -> Result<SocketAddr> {
+    let socket = std::net::UdpSocket::bind("127.0.0.1:0")?;
+    Ok(socket.local_addr()?)
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago.
+pub(crate) fn free_tcp_port() -> Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok(listener.local_addr()?)
 }
 
 /// A running `strata node` process, killed on drop.
@@ -87,9 +131,21 @@ impl TestNode {
         args: &[&str],
         env: &[(&str, &str)],
     ) -> Result<Self> {
+        let mut all = vec!["--listen", "127.0.0.1:0"];
+        all.extend_from_slice(args);
+        Self::start_with(certs, data_dir, &all, env)
+    }
+
+    /// Starts `strata node` with exactly these arguments (besides data and certificates).
+    pub(crate) fn start_with(
+        certs: &Path,
+        data_dir: &Path,
+        args: &[&str],
+        env: &[(&str, &str)],
+    ) -> Result<Self> {
         let mut command = Command::new(strata_bin()?);
         command
-            .args(["node", "--listen", "127.0.0.1:0", "--data-dir"])
+            .args(["node", "--data-dir"])
             .arg(data_dir)
             .arg("--certs")
             .arg(certs)

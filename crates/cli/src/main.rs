@@ -1,11 +1,14 @@
 //! `strata`: the command-line entry point.
 //!
-//! - `strata get|set|del|keys|clear|stats` talk to a running cluster through the client
-//!   library (`--addr`, `--certs`, `--namespace`, `--json`; see [`cluster`]).
+//! - `strata get|set|del|keys|clear|stats|members|ring|leave` talk to a running cluster
+//!   through the client library (`--addr`, `--certs`, `--namespace`, `--json`; see
+//!   [`cluster`]).
 //! - `strata bench` drives a cluster with load and reports throughput and latency
 //!   percentiles (see [`bench`]).
 //! - `strata node` runs one node; `strata certs init` makes development certificates (see
 //!   [`node`]).
+//! - `strata up` runs a local cluster of `strata node` processes in the foreground (see
+//!   [`up`]).
 //! - `strata local …` works directly on a node's data directory with the same verbs (see
 //!   [`local`]).
 //!
@@ -18,6 +21,7 @@
 //! - `bench`: the load generator.
 //! - `local`: the data-directory commands.
 //! - `node`: running a node, and certificates.
+//! - `up`: a local cluster of child processes.
 //! - `input`, `output`: where values come from; how results are printed.
 
 use std::process::ExitCode;
@@ -31,6 +35,7 @@ mod input;
 mod local;
 mod node;
 mod output;
+mod up;
 
 #[derive(Parser)]
 #[command(
@@ -55,8 +60,14 @@ enum Command {
     Keys(cluster::KeysArgs),
     /// Delete every key matching a glob pattern.
     Clear(cluster::ClearArgs),
-    /// The node's counters and sizes.
+    /// Counters and sizes of every node, and their sum.
     Stats(cluster::StatsArgs),
+    /// The cluster's members: addresses, state, leader, partitions owned.
+    Members(cluster::MembersArgs),
+    /// The ring: epoch, parameters, partitions per member, hand-offs in progress.
+    Ring(cluster::RingArgs),
+    /// Remove a member from the cluster and wait until its partitions are handed off.
+    Leave(cluster::LeaveArgs),
     /// Load-test a cluster: throughput and latency percentiles.
     Bench(bench::BenchArgs),
     /// Work directly on a data directory (no node running on it).
@@ -66,6 +77,8 @@ enum Command {
     /// Development certificates.
     #[command(subcommand)]
     Certs(node::CertsCommand),
+    /// Run a local cluster of N nodes on 127.0.0.1 in the foreground (until Ctrl-C).
+    Up(up::UpArgs),
 }
 
 fn main() -> ExitCode {
@@ -78,10 +91,14 @@ fn main() -> ExitCode {
         Command::Keys(args) => cluster::keys(args),
         Command::Clear(args) => cluster::clear(args),
         Command::Stats(args) => cluster::stats(args),
+        Command::Members(args) => cluster::members(args),
+        Command::Ring(args) => cluster::ring(args),
+        Command::Leave(args) => cluster::leave(args),
         Command::Bench(args) => bench::run(args),
         Command::Local(local) => local::run(local),
         Command::Node(args) => node::run(args),
         Command::Certs(command) => node::certs(command),
+        Command::Up(args) => up::run(args),
     };
     match result {
         Ok(code) => code,

@@ -28,6 +28,21 @@ pub(crate) struct NodeArgs {
     /// Certificates directory with ca.pem, node.pem, node.key (overrides the file).
     #[arg(long)]
     certs: Option<PathBuf>,
+    /// This node's id in the cluster (overrides the file); unique per member.
+    #[arg(long)]
+    node_id: Option<u64>,
+    /// Start a new cluster with this node as its first member.
+    #[arg(long, conflicts_with = "join")]
+    bootstrap: bool,
+    /// Join the cluster through this member (HOST:PORT).
+    #[arg(long, value_name = "ADDR")]
+    join: Option<String>,
+    /// HOST:PORT that peers and clients dial to reach this node (default: the listen address).
+    #[arg(long, value_name = "ADDR")]
+    advertise: Option<String>,
+    /// On SIGTERM/SIGINT, hand this node's partitions off and leave the cluster before exiting.
+    #[arg(long)]
+    leave_on_shutdown: bool,
 }
 
 /// Runs one node in the foreground until SIGINT or SIGTERM, then stops it gracefully.
@@ -37,17 +52,50 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode> {
     if let Some(admin) = args.admin {
         config.admin = admin;
     }
+    if let Some(id) = args.node_id {
+        config.node_id = id;
+    }
+    if args.bootstrap {
+        config.cluster.bootstrap = true;
+        config.cluster.join = None;
+    }
+    if let Some(join) = args.join {
+        config.cluster.join = Some(join);
+        config.cluster.bootstrap = false;
+    }
+    if let Some(advertise) = args.advertise {
+        config.cluster.advertise = Some(advertise);
+    }
+    if args.leave_on_shutdown {
+        config.cluster.leave_on_shutdown = true;
+    }
+    config.validate().context("checking the configuration")?;
+    let leave_on_shutdown = config.cluster.leave_on_shutdown;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
     runtime.block_on(async move {
         let node = RunningNode::start(config).await?;
         // Tests and scripts read this line to learn the port.
         println!("strata node listening on {}", node.local_addr());
-        wait_for_signal().await?;
+        let left = node.cluster().left();
+        tokio::select! {
+            signal = wait_for_signal() => {
+                signal?;
+                if leave_on_shutdown
+                    && let Err(e) = node.leave(LEAVE_TIMEOUT).await
+                {
+                    tracing::error!(error = %e, "could not leave the cluster cleanly");
+                }
+            }
+            _ = left.cancelled() => tracing::info!("left the cluster; stopping"),
+        }
         node.shutdown().await;
         anyhow::Ok(())
     })?;
     Ok(ExitCode::SUCCESS)
 }
+
+/// How long a node stopped with `leave_on_shutdown` waits for its hand-off.
+const LEAVE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 async fn wait_for_signal() -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};

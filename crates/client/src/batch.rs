@@ -6,9 +6,14 @@
 //! and every request has an item cap. An item too large for any budget on its own still
 //! travels, alone in its request (a single value is bounded by the value limit instead).
 //!
-//! A `get_many` is cut by key count: the answer frame holds every inline value, so the number
-//! of keys per request is chosen so that even if every value is just under the inline limit,
-//! the answer stays well under the frame limit.
+//! A `get_many` is cut the same way (keys count against the frame budget) with a key cap
+//! from [`get_batch_len`]: a node keeps the inline payloads of one answer within half its
+//! frame limit and streams the rest after the frame, so an answer frame holds at most half a
+//! frame of payloads plus each entry's metadata, and the cap keeps the metadata within the
+//! other half.
+//!
+//! Batch calls first group their items by owner (see [`crate::routing`]); these functions
+//! cut one owner's group.
 
 use std::ops::Range;
 
@@ -54,6 +59,16 @@ impl ItemCost {
     }
 }
 
+impl ItemCost {
+    /// The cost of a `GetMany` key: the key in the frame.
+    pub(crate) fn of_get(key: &str) -> Self {
+        Self {
+            frame: ITEM_OVERHEAD + key.len(),
+            streamed: 0,
+        }
+    }
+}
+
 /// Limits of one batch request.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Budget {
@@ -90,11 +105,12 @@ pub(crate) fn plan(costs: &[ItemCost], budget: Budget) -> Vec<Range<usize>> {
     batches
 }
 
-/// Keys per `GetMany` request: as many as fit if every answer is inline and just under the
-/// inline limit, within half the frame limit, and at most `max_items`.
-pub(crate) fn get_batch_len(max_frame_bytes: u32, inline_limit: usize, max_items: usize) -> usize {
+/// Most keys per `GetMany` request: as many as keep the metadata of every answered entry
+/// within half the frame limit (the node fills at most the other half with inline payloads),
+/// and at most `max_items`.
+pub(crate) fn get_batch_len(max_frame_bytes: u32, max_items: usize) -> usize {
     let half_frame = max_frame_bytes as usize / 2;
-    (half_frame / inline_limit.saturating_add(ENTRY_OVERHEAD)).clamp(1, max_items.max(1))
+    (half_frame / ENTRY_OVERHEAD).clamp(1, max_items.max(1))
 }
 
 #[cfg(test)]
@@ -189,10 +205,16 @@ mod tests {
 
     #[test]
     fn get_batches_keep_worst_case_answers_under_the_frame_limit() {
-        let n = get_batch_len(16 << 20, 256 << 10, 1000);
-        assert_eq!(n, 31);
-        assert!(n * ((256 << 10) + ENTRY_OVERHEAD) <= 8 << 20);
-        assert_eq!(get_batch_len(16 << 20, 100, 1000), 1000, "capped by items");
-        assert_eq!(get_batch_len(1 << 10, 1 << 20, 1000), 1, "at least one");
+        let frame = 16usize << 20;
+        let n = get_batch_len(16 << 20, 1000);
+        assert_eq!(n, 1000, "capped by items");
+        // Half a frame of inline payloads (the node's answer budget) plus the metadata.
+        assert!(frame / 2 + n * ENTRY_OVERHEAD <= frame);
+        let n = get_batch_len(16 << 20, 1_000_000);
+        assert_eq!(n, 32_768, "capped by metadata");
+        assert!(frame / 2 + n * ENTRY_OVERHEAD <= frame);
+        assert_eq!(get_batch_len(1 << 10, 1000), 2);
+        assert_eq!(get_batch_len(100, 1000), 1, "at least one");
+        assert_eq!(ItemCost::of_get("abc").frame, ITEM_OVERHEAD + 3);
     }
 }

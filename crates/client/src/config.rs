@@ -96,10 +96,17 @@ impl TlsFiles {
 /// Everything a [`Client`](crate::Client) needs to know before it connects.
 #[derive(Clone, Debug)]
 pub struct ClientConfig {
-    /// The node to talk to, as `HOST:PORT` (`[v6]:PORT` for IPv6 addresses).
+    /// The node to reach the cluster through, as `HOST:PORT` (`[v6]:PORT` for IPv6
+    /// addresses). Any member will do: the client asks it for the ring and then talks to every
+    /// member directly. It is also the node [`Client::ping`](crate::Client::ping) and
+    /// [`Client::stats`](crate::Client::stats) ask.
     pub addr: String,
-    /// Name the node's certificate is checked against. `None` picks the host of `addr` if it
-    /// is a DNS name, else [`DEFAULT_SERVER_NAME`] (see [`ClientConfig::server_name`]).
+    /// More members to try, in order, when `addr` cannot be reached (at connect time, and
+    /// when the ring has to be fetched again and no known member answers). Empty by default.
+    pub seeds: Vec<String>,
+    /// Name every node's certificate is checked against. `None` picks, for each node, the
+    /// host of its address if it is a DNS name, else [`DEFAULT_SERVER_NAME`] (see
+    /// [`ClientConfig::server_name_for`]).
     pub server_name: Option<String>,
     /// CA, client certificate and key.
     pub tls: TlsFiles,
@@ -137,6 +144,7 @@ impl ClientConfig {
     pub fn new(addr: impl Into<String>, certs_dir: impl AsRef<Path>) -> Self {
         Self {
             addr: addr.into(),
+            seeds: Vec::new(),
             server_name: None,
             tls: TlsFiles::in_dir(certs_dir),
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
@@ -158,11 +166,22 @@ impl ClientConfig {
     /// of `addr` when it is a DNS name (`localhost`, `node1.example`), and
     /// [`DEFAULT_SERVER_NAME`] when it is an IP address (or not a valid DNS name).
     pub fn server_name(&self) -> Result<String, Error> {
+        self.server_name_for(&self.addr)
+    }
+
+    /// The name the certificate of the node at `addr` must carry: `server_name` if set,
+    /// otherwise derived from the host of `addr` as for [`ClientConfig::server_name`].
+    pub fn server_name_for(&self, addr: &str) -> Result<String, Error> {
         if let Some(name) = &self.server_name {
             return Ok(name.clone());
         }
-        let (host, _) = split_host_port(&self.addr)?;
+        let (host, _) = split_host_port(addr)?;
         Ok(default_server_name(host))
+    }
+
+    /// The addresses to reach the cluster through: `addr`, then `seeds`.
+    pub fn seed_addrs(&self) -> impl Iterator<Item = &str> {
+        std::iter::once(self.addr.as_str()).chain(self.seeds.iter().map(String::as_str))
     }
 
     /// The pause before retry number `retry` (0 for the first retry): `retry_backoff`
@@ -176,7 +195,9 @@ impl ClientConfig {
 
     /// Checks the fields that could make the client misbehave rather than merely fail.
     pub fn validate(&self) -> Result<(), Error> {
-        split_host_port(&self.addr)?;
+        for addr in self.seed_addrs() {
+            split_host_port(addr)?;
+        }
         let bad = |what: &str| Err(Error::Config(what.to_owned()));
         if self.chunk_bytes == 0 {
             return bad("chunk_bytes must be at least 1");
@@ -305,5 +326,24 @@ mod tests {
         let mut c = ClientConfig::new("h:1", ".");
         c.request_timeout = Duration::ZERO;
         assert!(c.validate().is_err());
+        let mut c = ClientConfig::new("h:1", ".");
+        c.seeds = vec!["h2:2".into(), "no-port".into()];
+        assert!(c.validate().is_err());
+    }
+
+    #[test]
+    fn seeds_follow_the_address() {
+        let mut c = ClientConfig::new("a:1", ".");
+        assert!(c.seeds.is_empty());
+        c.seeds = vec!["b:2".into(), "c:3".into()];
+        assert_eq!(c.seed_addrs().collect::<Vec<_>>(), ["a:1", "b:2", "c:3"]);
+        assert_eq!(
+            c.server_name_for("node-2.internal:7400").unwrap(),
+            "node-2.internal"
+        );
+        assert_eq!(
+            c.server_name_for("10.0.0.2:7400").unwrap(),
+            DEFAULT_SERVER_NAME
+        );
     }
 }

@@ -14,8 +14,8 @@
 //! abandoned (timeout, error) resets its stream, so the node stops working on it.
 //!
 //! Retries and the choice of node belong to [`Client`](crate::Client): this type knows one
-//! node and tries once, which is what ring-aware routing will need (one `NodeConnection` per
-//! member, the client picking the owner of each key).
+//! node and tries once. The client keeps one `NodeConnection` per cluster member (and per
+//! seed address), all on one shared QUIC endpoint, and picks the owner of each key.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -93,10 +93,23 @@ impl NodeConnection {
         endpoint: Endpoint,
         quic: quinn::ClientConfig,
     ) -> Result<Self, Error> {
+        Self::to(config, &config.addr, remote, endpoint, quic)
+    }
+
+    /// A link to the node at `addr` (`HOST:PORT`, resolved to `remote`), with the timeouts
+    /// and limits of `config`; connects lazily. The node's certificate must carry the name
+    /// [`ClientConfig::server_name_for`] gives for `addr`.
+    pub fn to(
+        config: &ClientConfig,
+        addr: &str,
+        remote: SocketAddr,
+        endpoint: Endpoint,
+        quic: quinn::ClientConfig,
+    ) -> Result<Self, Error> {
         Ok(Self {
-            addr: config.addr.clone(),
+            addr: addr.to_owned(),
             remote,
-            server_name: config.server_name()?,
+            server_name: config.server_name_for(addr)?,
             endpoint,
             quic,
             connect_timeout: config.connect_timeout,
@@ -111,6 +124,11 @@ impl NodeConnection {
     /// The node's address as configured.
     pub fn addr(&self) -> &str {
         &self.addr
+    }
+
+    /// The socket address the link connects to.
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
     }
 
     /// The live connection, making one if there is none or it has closed.

@@ -49,6 +49,12 @@ pub enum Error {
         /// The node's explanation.
         message: String,
     },
+    /// The client could not find the node that serves a request: the ring names no member
+    /// for a key, or redirects did not converge on an owner (the cluster is changing faster
+    /// than the client can follow, or nodes disagree about the ring). Retryable: a later
+    /// attempt, once the ring has settled, may succeed.
+    #[error("routing: {0}")]
+    Routing(String),
     /// The node answered something that breaks the protocol (wrong answer kind, missing or
     /// corrupt value bytes, a frame over our limits).
     #[error("protocol error: {0}")]
@@ -56,12 +62,12 @@ pub enum Error {
 }
 
 impl Error {
-    /// Whether sending the same request again may succeed: timeouts, lost connections, and
-    /// node errors that say so (`Unavailable`, `Timeout`). Everything else would fail the
-    /// same way again.
+    /// Whether sending the same request again may succeed: timeouts, lost connections,
+    /// routing that did not settle, and node errors that say so (`Unavailable`, `Timeout`,
+    /// `NotReady`). Everything else would fail the same way again.
     pub fn is_retryable(&self) -> bool {
         match self {
-            Error::Timeout { .. } | Error::ConnectionLost { .. } => true,
+            Error::Timeout { .. } | Error::ConnectionLost { .. } | Error::Routing(_) => true,
             Error::Server { code, .. } => code.is_retryable(),
             Error::Config(_) | Error::Tls(_) | Error::Connect { .. } | Error::Protocol(_) => false,
         }
@@ -101,7 +107,12 @@ mod tests {
         };
         assert!(lost.is_retryable());
         assert!(timeout.is_retryable());
-        for code in [ErrorCode::Unavailable, ErrorCode::Timeout] {
+        assert!(Error::Routing("redirected 8 times".into()).is_retryable());
+        for code in [
+            ErrorCode::Unavailable,
+            ErrorCode::Timeout,
+            ErrorCode::NotReady,
+        ] {
             assert!(Error::from(WireError::new(code, "busy")).is_retryable());
         }
         for code in [
@@ -114,6 +125,7 @@ mod tests {
             ErrorCode::InvalidPattern,
             ErrorCode::NoSpace,
             ErrorCode::Internal,
+            ErrorCode::Forbidden,
         ] {
             let e = Error::from(WireError::new(code, "no"));
             assert!(!e.is_retryable(), "{code:?}");

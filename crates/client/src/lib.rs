@@ -1,10 +1,14 @@
 //! The library agents link to talk to Strata.
 //!
-//! A [`Client`] holds one QUIC connection (mutual TLS with the cluster CA) to a node and
-//! multiplexes every call over it as independent streams, so one client serves many tasks at
-//! once. It speaks the protocol of [`strata_proto::wire`]: one request frame per stream,
-//! large values streamed in chunks after the frame straight from their own buffers. It
-//! bounds every attempt with a timeout, retries what is safe to retry, splits batch calls
+//! A [`Client`] connects to any member of a cluster (a seed), fetches the ring (members,
+//! epoch, partition table) and from then on sends each request straight to the member that
+//! owns its key, over one QUIC connection per member (mutual TLS with the cluster CA), all
+//! on one endpoint. Every call is multiplexed as an independent stream, so one client serves
+//! many tasks at once. When the cluster changes, nodes answer with their ring and the client
+//! follows; when a member cannot be reached, the client fetches the ring again and retries.
+//! It speaks the protocol of [`strata_proto::wire`]: one request frame per stream, large
+//! values streamed in chunks after the frame straight from their own buffers. It bounds
+//! every attempt with a timeout, retries what is safe to retry, splits batch calls per owner
 //! into requests that stay within the node's limits, and reports failures as a typed
 //! [`Error`] that says whether trying again may help.
 //!
@@ -18,29 +22,38 @@
 //! let key = Key::new("video:abc123:transcript").expect("a valid key");
 //! client.set(&ns, &key, Value::from(b"hello".to_vec()), None).await?;
 //! let entry = client.get(&ns, &key).await?;
+//! println!("ring epoch {}, {} members", client.ring().epoch, client.ring().members.len());
 //! # Ok(()) }
 //! ```
 //!
 //! # Layout
-//! - [`config`]: [`ClientConfig`] and [`TlsFiles`]: address, certificates, timeouts,
+//! - [`config`]: [`ClientConfig`] and [`TlsFiles`]: seed addresses, certificates, timeouts,
 //!   retries, limits, with the reasons for their defaults.
 //! - [`error`]: [`Error`], with [`Error::is_retryable`].
 //! - [`connection`]: the link to one node — a kept connection, reconnected lazily, and one
-//!   request attempt over one stream (the unit ring-aware routing will multiply).
-//! - [`client`]: [`Client`], the typed calls, retries and batches on top.
-//! - `batch`: how batch calls are cut into requests (pure functions).
+//!   request attempt over one stream.
+//! - [`routing`]: the ring the client routes by, one link per member, redirects, refreshing
+//!   the ring after failures.
+//! - [`client`]: [`Client`], the typed calls, retries, per-owner batches and cluster-wide
+//!   calls on top.
+//! - [`cluster`]: cluster-wide views — [`Membership`], [`ClusterStats`] — and how
+//!   statistics and key listings from several members are merged.
+//! - `batch`: how one owner's share of a batch call is cut into requests (pure functions).
 //! - [`tls`]: rustls/quinn configuration from the certificate files.
 //! - [`io`]: frames and streamed bodies on QUIC streams (shared with the node).
 
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod connection;
 pub mod error;
 pub mod io;
+pub mod routing;
 pub mod tls;
 
 mod batch;
 
 pub use client::{Client, KeysPage};
+pub use cluster::{ClusterStats, Membership, NodeStats};
 pub use config::{ClientConfig, TlsFiles};
 pub use error::Error;

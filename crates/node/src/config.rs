@@ -51,8 +51,9 @@ use crate::tls::TlsFiles;
 pub const ENV_PREFIX: &str = "STRATA_";
 
 /// Top-level fields of [`Config`]: the only first segments read from the environment.
-const TOP_LEVEL_KEYS: [&str; 8] = [
+const TOP_LEVEL_KEYS: [&str; 9] = [
     "node_id",
+    "cluster",
     "listen",
     "admin",
     "data_dir",
@@ -115,6 +116,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// Protocol and resource limits.
     pub limits: Limits,
+    /// Membership in a cluster: addresses peers dial, Raft timing, ring parameters, hand-off.
+    pub cluster: ClusterConfig,
     /// How long a shutdown waits for in-flight requests before closing connections, in
     /// milliseconds. Default 10 000: longer than a typical request, well inside the 30 s a
     /// supervisor (systemd, Docker) allows before it kills the process.
@@ -131,6 +134,7 @@ impl Default for Config {
             tls: TlsFiles::default(),
             store: StoreConfig::default(),
             limits: Limits::default(),
+            cluster: ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
         }
     }
@@ -222,6 +226,69 @@ fn tier<const N: usize>(kind: &str, options: [(&str, serde_json::Value); N]) -> 
             .into_iter()
             .map(|(k, v)| (k.to_owned(), v))
             .collect(),
+    }
+}
+
+/// How a node takes part in a cluster.
+#[derive(Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// Start a new cluster with this node as its first member (`strata node --bootstrap`).
+    /// Ignored when the data directory already holds Raft state. Default false.
+    pub bootstrap: bool,
+    /// Join the cluster through this member, `HOST:PORT` (`strata node --join`). Ignored once
+    /// the node is a member. Default none.
+    pub join: Option<String>,
+    /// `HOST:PORT` that peers and clients dial to reach this node. Default: the listen
+    /// address, which must then not be unspecified (`0.0.0.0`).
+    pub advertise: Option<String>,
+    /// `HOST:PORT` advertised for the admin endpoint. Default: the admin address.
+    pub advertise_admin: Option<String>,
+    /// Most voting members of the Raft group; later members are learners and are promoted
+    /// when a voter leaves. Default 5: tolerates two failures, and keeps commits cheap.
+    pub max_voters: usize,
+    /// Partitions of the key space, for a new cluster (fixed for its life). Default 4096.
+    pub partitions: u32,
+    /// Virtual nodes per member on the hash ring, for a new cluster. Default 64.
+    pub vnodes: u32,
+    /// Copies of every partition, for a new cluster. Default 2.
+    pub replication: u32,
+    /// Raft heartbeat interval (ms). Default 250.
+    pub heartbeat_ms: u64,
+    /// Raft election timeout (ms): a follower that hears nothing for a random time between
+    /// this and twice this starts an election. Default 1000.
+    pub election_timeout_ms: u64,
+    /// How long a request that carries a newer ring epoch than the node's waits for the
+    /// node to catch up before it is answered by the node's own ring (ms). Default 1000.
+    pub epoch_wait_ms: u64,
+    /// Bandwidth for receiving partitions in a hand-off (bytes/s). Default 64 MiB/s: a few
+    /// GB per minute, while foreground requests keep most of a gigabit link.
+    pub transfer_bytes_per_sec: u64,
+    /// Entries per page of a partition transfer. Default 256.
+    pub transfer_page_entries: u32,
+    /// Hand this node's partitions off (like `strata leave`) when it is stopped with SIGTERM
+    /// or SIGINT. Default false: a restart keeps the node a member.
+    pub leave_on_shutdown: bool,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        Self {
+            bootstrap: false,
+            join: None,
+            advertise: None,
+            advertise_admin: None,
+            max_voters: 5,
+            partitions: strata_proto::ring::DEFAULT_PARTITIONS,
+            vnodes: strata_proto::ring::DEFAULT_VNODES,
+            replication: strata_proto::ring::DEFAULT_REPLICATION,
+            heartbeat_ms: 250,
+            election_timeout_ms: 1000,
+            epoch_wait_ms: 1000,
+            transfer_bytes_per_sec: 64 << 20,
+            transfer_page_entries: 256,
+            leave_on_shutdown: false,
+        }
     }
 }
 
@@ -429,7 +496,73 @@ impl Config {
         for (i, spec) in self.store.tiers.iter().enumerate() {
             check_tier(spec).map_err(|reason| invalid(&format!("store.tiers[{i}]"), reason))?;
         }
+        self.validate_cluster()
+    }
+
+    fn validate_cluster(&self) -> Result<(), ConfigError> {
+        let c = &self.cluster;
+        positive("node_id", self.node_id)?;
+        positive("cluster.max_voters", c.max_voters as u64)?;
+        positive("cluster.partitions", u64::from(c.partitions))?;
+        positive("cluster.vnodes", u64::from(c.vnodes))?;
+        positive("cluster.replication", u64::from(c.replication))?;
+        positive("cluster.heartbeat_ms", c.heartbeat_ms)?;
+        positive("cluster.transfer_bytes_per_sec", c.transfer_bytes_per_sec)?;
+        positive(
+            "cluster.transfer_page_entries",
+            u64::from(c.transfer_page_entries),
+        )?;
+        if c.election_timeout_ms < 3 * c.heartbeat_ms {
+            return Err(invalid(
+                "cluster.election_timeout_ms",
+                format!(
+                    "{} must be at least three heartbeats ({} ms): followers would start elections while the leader is healthy",
+                    c.election_timeout_ms,
+                    3 * c.heartbeat_ms
+                ),
+            ));
+        }
+        if c.bootstrap && c.join.is_some() {
+            return Err(invalid(
+                "cluster.join",
+                "a node either bootstraps a new cluster or joins one, not both",
+            ));
+        }
+        for (key, addr) in [
+            ("cluster.join", &c.join),
+            ("cluster.advertise", &c.advertise),
+            ("cluster.advertise_admin", &c.advertise_admin),
+        ] {
+            if let Some(addr) = addr {
+                check_host_port(addr).map_err(|reason| invalid(key, reason))?;
+            }
+        }
         Ok(())
+    }
+
+    /// The `HOST:PORT` peers and clients dial: `cluster.advertise`, or the address the node
+    /// listens on (`bound`, which knows the port picked for port 0).
+    pub fn advertised_addr(&self, bound: SocketAddr) -> Result<String, ConfigError> {
+        if let Some(addr) = &self.cluster.advertise {
+            return Ok(addr.clone());
+        }
+        if bound.ip().is_unspecified() {
+            return Err(invalid(
+                "cluster.advertise",
+                format!(
+                    "the node listens on {bound}, which peers cannot dial; set cluster.advertise (or --advertise) to HOST:PORT"
+                ),
+            ));
+        }
+        Ok(bound.to_string())
+    }
+
+    /// The admin `HOST:PORT` to advertise.
+    pub fn advertised_admin(&self) -> String {
+        self.cluster
+            .advertise_admin
+            .clone()
+            .unwrap_or_else(|| self.admin.to_string())
     }
 
     /// The QUIC transport settings from [`limits`](Self::limits): at most
@@ -517,6 +650,17 @@ fn check_tier(spec: &TierSpec) -> Result<(), String> {
         _ => Ok(()),
     };
     result.map_err(|e| e.to_string())
+}
+
+/// Checks `HOST:PORT` (host a name, IPv4, or `[IPv6]`; port a number).
+fn check_host_port(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    };
+    if host.is_empty() || port.parse::<u16>().is_err() {
+        return Err(format!("{addr:?} is not HOST:PORT"));
+    }
+    Ok(())
 }
 
 fn positive(key: &str, value: u64) -> Result<(), ConfigError> {

@@ -1,6 +1,8 @@
 //! A Strata node: serves one machine's tiers to clients over QUIC.
 //!
 //! # Layout
+//! - [`cluster`]: membership through Raft, the ring requests are routed by, peer links,
+//!   and the hand-off of partitions between members.
 //! - [`config`]: [`Config`](config::Config), loaded once from `config/node.toml`-style files
 //!   with `STRATA_…` environment overrides.
 //! - [`certs`]: development certificate authority and certificates (`strata certs init`).
@@ -9,11 +11,15 @@
 //! - [`service`]: executes requests against the local tiers.
 //! - [`actors`]: the supervised actors with a lifecycle: filesystem writers, janitor,
 //!   listener.
+//! - [`raft`]: cluster metadata through Raft: the cluster state machine, the persisted log
+//!   and state machine stores (openraft storage v2).
 //! - [`writeback`]: writes acknowledged from memory and flushed to disk by the writers.
 
 pub mod actors;
 pub mod certs;
+pub mod cluster;
 pub mod config;
+pub mod raft;
 pub mod server;
 pub mod service;
 pub mod tls;

@@ -28,6 +28,7 @@ use quinn::{Endpoint, Incoming, RecvStream, SendStream};
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use strata_client::io::{self, ReadLimits, StreamError};
 use strata_proto::NodeId;
+use strata_proto::ring::{Member, MemberState, RingParams};
 use strata_proto::wire::{ErrorCode, RequestFrame, Response, ResponseFrame, WireError};
 use strata_store::{Clock, TierContext, TierRegistry, Tiered, system_clock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -35,6 +36,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::actors::{self, Supervisor, SupervisorMsg};
+use crate::cluster::membership::{Membership, MembershipMsg};
+use crate::cluster::network::NetworkFactory;
+use crate::cluster::peers::Peers;
+use crate::cluster::{Cluster, Start};
 use crate::config::Config;
 use crate::config::WriteMode;
 use crate::service::{Service, ServiceLimits};
@@ -43,7 +48,7 @@ use crate::writeback::Pending;
 
 /// Everything a connection task needs.
 struct Shared {
-    service: Service,
+    service: Arc<Service>,
     limits: ReadLimits,
     chunk_bytes: usize,
     request_timeout: Duration,
@@ -67,6 +72,9 @@ pub struct RunningNode {
     store: Arc<Tiered>,
     pending: Arc<Pending>,
     grace: Duration,
+    cluster: Arc<Cluster>,
+    membership: ActorRef<MembershipMsg>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl RunningNode {
@@ -109,8 +117,15 @@ impl RunningNode {
         }
         let write_back = (config.store.write_mode == WriteMode::Back && memory_first)
             .then(|| Arc::clone(&pending));
+
+        let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
+            .context("loading TLS certificates")?;
+        let endpoint = Endpoint::server(server_config, config.listen)
+            .with_context(|| format!("listening on {}", config.listen))?;
+        let local_addr = endpoint.local_addr()?;
+        let (cluster, start) = start_cluster(&config, endpoint.clone(), local_addr).await?;
         let service = Service::new(
-            NodeId(config.node_id),
+            Arc::clone(&cluster),
             Arc::clone(&store),
             writers,
             write_back,
@@ -122,6 +137,8 @@ impl RunningNode {
                 answer_inline_budget: limits.max_frame_bytes as usize / 2,
             },
         );
+        let service = Arc::new(service);
+        let membership = Membership::start(Arc::clone(&cluster), Arc::clone(&service)).await?;
         let shared = Arc::new(Shared {
             service,
             limits: ReadLimits {
@@ -147,11 +164,6 @@ impl RunningNode {
             )),
         });
 
-        let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
-            .context("loading TLS certificates")?;
-        let endpoint = Endpoint::server(server_config, config.listen)
-            .with_context(|| format!("listening on {}", config.listen))?;
-        let local_addr = endpoint.local_addr()?;
         let (listener, _) = Actor::spawn_linked(
             None,
             Listener,
@@ -160,6 +172,7 @@ impl RunningNode {
         )
         .await?;
         tracing::info!(node = config.node_id, addr = %local_addr, "serving");
+        let tasks = enter_cluster(&cluster, start, &config);
         Ok(Self {
             local_addr,
             endpoint,
@@ -169,7 +182,40 @@ impl RunningNode {
             store,
             pending,
             grace: Duration::from_millis(config.shutdown_grace_ms),
+            cluster,
+            membership,
+            tasks,
         })
+    }
+
+    /// The node's cluster membership.
+    pub fn cluster(&self) -> &Arc<Cluster> {
+        &self.cluster
+    }
+
+    /// Hands this node's partitions off and waits (up to `timeout`) until it has left the
+    /// cluster. Nothing to do for a node that is in no cluster.
+    pub async fn leave(&self, timeout: Duration) -> anyhow::Result<()> {
+        if !self.cluster.is_clustered() {
+            return Ok(());
+        }
+        let left = self.cluster.left();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            match self.cluster.leave(self.cluster.id()).await {
+                Ok(_) => break,
+                Err(e) if e.is_retryable() && tokio::time::Instant::now() < deadline => {
+                    tracing::info!(error = %e, "leave not accepted yet; retrying");
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+                Err(e) => anyhow::bail!("leaving the cluster: {e}"),
+            }
+        }
+        tracing::info!("handing partitions off before leaving");
+        tokio::time::timeout_at(deadline, left.cancelled())
+            .await
+            .context("the hand-off did not finish in time")?;
+        Ok(())
     }
 
     /// The address the node listens on.
@@ -186,6 +232,9 @@ impl RunningNode {
     /// writes are applied, then the endpoint closes.
     pub async fn shutdown(self) {
         tracing::info!("shutting down");
+        for task in &self.tasks {
+            task.abort();
+        }
         self.shared.stopping.cancel();
         let _ = self.listener.stop_and_wait(None, Some(self.grace)).await;
         self.shared.requests.close();
@@ -204,6 +253,8 @@ impl RunningNode {
         {
             tracing::info!(flushed, "flushed pending writes");
         }
+        self.membership.stop(None);
+        self.cluster.shutdown().await;
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
         tracing::info!("stopped");
@@ -324,7 +375,7 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
     let kind = frame.request.kind();
     let (response, bodies) = match tokio::time::timeout(
         shared.request_timeout,
-        shared.service.handle(frame.request, bodies),
+        shared.service.handle(frame.epoch, frame.request, bodies),
     )
     .await
     {
@@ -427,5 +478,166 @@ async fn refuse(
         .is_ok()
     {
         let _ = send.finish();
+    }
+}
+
+/// Opens Raft (or not, for a node in no cluster) and builds the node's [`Cluster`].
+async fn start_cluster(
+    config: &Config,
+    endpoint: Endpoint,
+    bound: SocketAddr,
+) -> anyhow::Result<(Arc<Cluster>, Start)> {
+    let c = &config.cluster;
+    let raft_dir = config.data_dir.join("raft");
+    let has_state = raft_dir.exists();
+    let start = match (&c.join, c.bootstrap) {
+        (Some(addr), _) => Start::Join(addr.clone()),
+        (None, true) => Start::Bootstrap,
+        (None, false) if has_state => Start::Restart,
+        (None, false) => Start::Standalone,
+    };
+    let me = Member {
+        id: NodeId(config.node_id),
+        addr: match start {
+            Start::Standalone => bound.to_string(),
+            _ => config.advertised_addr(bound)?,
+        },
+        admin: config.advertised_admin(),
+        state: MemberState::Joining,
+    };
+    let quic = tls::client_config(&config.tls).context("loading the node's client certificate")?;
+    let mut base = strata_client::ClientConfig::new(me.addr.clone(), &config.data_dir);
+    base.limits = ReadLimits {
+        max_frame_bytes: config.limits.max_frame_bytes,
+        max_value_bytes: config.limits.max_value_bytes,
+        max_total_bytes: config.limits.max_inflight_bytes,
+    };
+    base.chunk_bytes = config.limits.chunk_bytes;
+    base.inline_limit = config.limits.chunk_bytes;
+    let peers = Arc::new(Peers::new(endpoint, quic, base));
+    let params = RingParams {
+        partitions: c.partitions,
+        vnodes: c.vnodes,
+        replication: c.replication,
+    };
+    if start == Start::Standalone {
+        return Ok((Arc::new(Cluster::standalone(me, params, peers)), start));
+    }
+    let (log, state_machine) = crate::raft::open(&raft_dir)
+        .await
+        .with_context(|| format!("opening the Raft state in {}", raft_dir.display()))?;
+    let state = state_machine.subscribe();
+    let raft_config = openraft::Config {
+        cluster_name: "strata".into(),
+        heartbeat_interval: c.heartbeat_ms,
+        election_timeout_min: c.election_timeout_ms,
+        election_timeout_max: c.election_timeout_ms * 2,
+        install_snapshot_timeout: 10_000,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
+        max_in_snapshot_log_to_keep: 100,
+        ..Default::default()
+    }
+    .validate()
+    .context("Raft settings")?;
+    let raft = openraft::Raft::new(
+        config.node_id,
+        Arc::new(raft_config),
+        NetworkFactory::new(Arc::clone(&peers)),
+        log,
+        state_machine,
+    )
+    .await
+    .context("starting Raft")?;
+    let cluster = Cluster::clustered(me, c.clone(), peers, raft, state);
+    Ok((Arc::new(cluster), start))
+}
+
+/// Background tasks that make a new node a member: initialise a new cluster, or ask to join
+/// one (again after a restart: joining is idempotent).
+fn enter_cluster(
+    cluster: &Arc<Cluster>,
+    start: Start,
+    config: &Config,
+) -> Vec<tokio::task::JoinHandle<()>> {
+    let params = RingParams {
+        partitions: config.cluster.partitions,
+        vnodes: config.cluster.vnodes,
+        replication: config.cluster.replication,
+    };
+    let cluster = Arc::clone(cluster);
+    match start {
+        Start::Standalone | Start::Restart => Vec::new(),
+        Start::Bootstrap => vec![tokio::spawn(async move {
+            if let Err(e) = bootstrap(&cluster, params).await {
+                tracing::error!(error = %e, "could not bootstrap the cluster");
+            }
+        })],
+        Start::Join(seed) => vec![tokio::spawn(async move { join(&cluster, &seed).await })],
+    }
+}
+
+async fn bootstrap(cluster: &Cluster, params: RingParams) -> anyhow::Result<()> {
+    let Some(raft) = cluster.raft() else {
+        return Ok(());
+    };
+    let me = cluster.me().clone();
+    if !raft.is_initialized().await? {
+        let node = crate::raft::PeerNode {
+            addr: me.addr.clone(),
+            admin: me.admin.clone(),
+        };
+        raft.initialize(std::collections::BTreeMap::from([(me.id.0, node)]))
+            .await
+            .context("initialising Raft")?;
+        tracing::info!("bootstrapped a new cluster");
+    }
+    // Init is the first command of the cluster; retried until this node leads and commits it.
+    for _ in 0..600 {
+        if cluster.state().is_initialized() {
+            return Ok(());
+        }
+        let init = crate::raft::Command::Init {
+            params,
+            member: Member {
+                state: MemberState::Active,
+                ..me.clone()
+            },
+        };
+        match cluster.propose(init).await {
+            Ok(_) => return Ok(()),
+            Err(e) => tracing::debug!(error = %e, "cluster not initialised yet"),
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the new cluster did not elect this node in time")
+}
+
+async fn join(cluster: &Cluster, seed: &str) {
+    let me = cluster.me().clone();
+    let mut pause = Duration::from_millis(100);
+    loop {
+        let known = cluster
+            .state()
+            .members
+            .get(&me.id)
+            .is_some_and(|m| m.addr == me.addr);
+        if known {
+            tracing::info!("already a member");
+            return;
+        }
+        let request = strata_proto::wire::Request::Join { member: me.clone() };
+        match cluster
+            .peers()
+            .call(seed, 0, request, &[], Duration::from_secs(30))
+            .await
+        {
+            Ok(_) => {
+                tracing::info!(seed, "joined the cluster");
+                return;
+            }
+            Err(e) => tracing::info!(seed, error = %e, "join not accepted yet; retrying"),
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
 }

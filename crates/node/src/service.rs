@@ -7,20 +7,26 @@
 //! tier. Writes are stamped with the node's hybrid logical clock and go through the writer
 //! shard of their key (see [`actors`](crate::actors)), which keeps writes to one key in order.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use parking_lot::Mutex;
+use strata_proto::ring::{PartitionId, partition_of};
 use strata_proto::wire::{
     self, Body, ErrorCode, Request, Response, WireEntry, WireError, WireValue,
 };
-use strata_proto::{Entry, EntryKey, EntryMeta, Hlc, Key, Namespace, NodeId, Value};
+use strata_proto::{Entry, EntryKey, EntryMeta, Hlc, Key, Namespace, NodeId, Value, Version};
 use strata_store::{Clock, Pattern, Tier, Tiered};
 
 use crate::actors::{Writers, store_error};
+use crate::cluster::Cluster;
+use crate::cluster::handoff::Incoming;
 use crate::writeback::Pending;
+
+/// How long a write waits for each replica's acknowledgement.
+const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
@@ -39,6 +45,7 @@ pub struct ServiceLimits {
 /// The request service of one node.
 pub struct Service {
     node: NodeId,
+    cluster: Arc<Cluster>,
     store: Arc<Tiered>,
     writers: Writers,
     /// Writes acknowledged from memory and not yet on disk (`write_mode = "back"`).
@@ -57,15 +64,17 @@ type Outcome<T> = Result<T, WireError>;
 impl Service {
     /// A service over `store`, writing through `writers`.
     pub fn new(
-        node: NodeId,
+        cluster: Arc<Cluster>,
         store: Arc<Tiered>,
         writers: Writers,
         pending: Option<Arc<Pending>>,
         clock: Arc<dyn Clock>,
         limits: ServiceLimits,
     ) -> Self {
+        let node = cluster.id();
         Self {
             node,
+            cluster,
             store,
             writers,
             pending,
@@ -76,12 +85,46 @@ impl Service {
         }
     }
 
-    /// Answers one request. `bodies` are the streamed payloads that followed its frame.
-    pub async fn handle(&self, request: Request, bodies: Vec<Bytes>) -> Answer {
+    /// Answers one request, routed by the client at ring `epoch`. `bodies` are the streamed
+    /// payloads that followed its frame.
+    pub async fn handle(&self, epoch: u64, request: Request, bodies: Vec<Bytes>) -> Answer {
+        if let Some(redirect) = self.check_route(epoch, &request).await {
+            return (redirect, Vec::new());
+        }
         match self.dispatch(request, bodies).await {
             Ok(answer) => answer,
             Err(e) => (Response::Error(e), Vec::new()),
         }
+    }
+
+    /// For a request about keys: `Some(redirect)` unless this node owns every key at its
+    /// epoch (after catching up with the client's epoch if the client is ahead).
+    async fn check_route(&self, epoch: u64, request: &Request) -> Option<Response> {
+        let keys: Vec<(&str, &str)> = match request {
+            Request::GetMany { namespace, keys } => keys
+                .iter()
+                .map(|k| (namespace.as_str(), k.as_str()))
+                .collect(),
+            Request::SetMany {
+                namespace, items, ..
+            } => items
+                .iter()
+                .map(|(k, _)| (namespace.as_str(), k.as_str()))
+                .collect(),
+            other => other.single_key().into_iter().collect(),
+        };
+        if keys.is_empty() || !self.cluster.is_clustered() {
+            return None;
+        }
+        self.cluster.catch_up(epoch).await;
+        for (namespace, key) in keys {
+            if let Err(ring) = self.cluster.route(namespace, key) {
+                let mut ring = ring.as_ref().clone();
+                ring.leader = self.cluster.ring_with_leader().leader;
+                return Some(Response::Redirect(Box::new(ring)));
+            }
+        }
+        None
     }
 
     async fn dispatch(&self, request: Request, bodies: Vec<Bytes>) -> Outcome<Answer> {
@@ -112,12 +155,16 @@ impl Service {
             } => {
                 let key = entry_key(&namespace, &key)?;
                 let value = self.take_value(value, &mut bodies)?;
-                self.write(key, value, ttl_ms).await?;
+                let entry = self.write(key.clone(), value, ttl_ms).await?;
+                self.replicate(&key, &entry).await?;
                 (Response::Stored, Vec::new())
             }
             Request::Delete { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
-                (Response::Deleted(self.delete(key).await?), Vec::new())
+                let version = self.tick();
+                let existed = self.delete(key.clone()).await?;
+                self.replicate_delete(&key, version).await?;
+                (Response::Deleted(existed), Vec::new())
             }
             Request::Exists { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
@@ -133,10 +180,23 @@ impl Service {
             Request::Clear { namespace, pattern } => {
                 let namespace = parse_namespace(&namespace)?;
                 let pattern = parse_pattern(pattern.as_deref())?;
-                (
-                    Response::Cleared(self.clear(namespace, pattern).await?),
-                    Vec::new(),
-                )
+                // In a cluster every member is asked: count only the keys this node owns, so
+                // the sum over members counts each key once; copies held as a replica go too.
+                let owned = if self.cluster.is_clustered() {
+                    let listed = self
+                        .list_keys(namespace.clone(), pattern.clone(), false)
+                        .await?;
+                    Some(
+                        listed
+                            .iter()
+                            .filter(|(k, _)| self.owns(&namespace, k))
+                            .count() as u64,
+                    )
+                } else {
+                    None
+                };
+                let removed = self.clear(namespace, pattern).await?;
+                (Response::Cleared(owned.unwrap_or(removed)), Vec::new())
             }
             Request::ListKeys {
                 namespace,
@@ -147,7 +207,12 @@ impl Service {
             } => {
                 let namespace = parse_namespace(&namespace)?;
                 let pattern = parse_pattern(pattern.as_deref())?;
-                let all = self.list_keys(namespace, pattern, with_meta).await?;
+                let mut all = self
+                    .list_keys(namespace.clone(), pattern, with_meta)
+                    .await?;
+                if self.cluster.is_clustered() {
+                    all.retain(|(k, _)| self.owns(&namespace, k));
+                }
                 let (keys, next) = page(all, after.as_deref(), limit);
                 (Response::Keys { keys, next }, Vec::new())
             }
@@ -193,7 +258,10 @@ impl Service {
                 }
                 let results = futures::future::join_all(writes.into_iter().map(|w| async move {
                     match w {
-                        Some((key, value)) => self.write(key, value, ttl_ms).await.err(),
+                        Some((key, value)) => match self.write(key.clone(), value, ttl_ms).await {
+                            Ok(entry) => self.replicate(&key, &entry).await.err(),
+                            Err(e) => Some(e),
+                        },
                         None => None,
                     }
                 }))
@@ -205,11 +273,56 @@ impl Service {
                 }
                 (Response::StoredMany(outcomes), Vec::new())
             }
-            other => {
-                return Err(WireError::new(
-                    ErrorCode::Forbidden,
-                    format!("{} is not served by this node", other.kind()),
-                ));
+            Request::Ring => (
+                Response::Ring(Box::new(self.cluster.ring_with_leader())),
+                Vec::new(),
+            ),
+            Request::Join { member } => (
+                Response::Ring(Box::new(self.cluster.join(member).await?)),
+                Vec::new(),
+            ),
+            Request::Leave { node } => (
+                Response::Ring(Box::new(self.cluster.leave(node).await?)),
+                Vec::new(),
+            ),
+            Request::Raft { rpc, payload } => {
+                (self.cluster.handle_raft(rpc, payload).await?, Vec::new())
+            }
+            Request::Propose(payload) => (self.cluster.propose_here(payload).await?, Vec::new()),
+            Request::Replicate {
+                namespace,
+                key,
+                meta,
+                body,
+            } => {
+                let key = entry_key(&namespace, &key)?;
+                let entry = self.take_entry(meta, body, &mut bodies)?;
+                (
+                    Response::Applied(self.apply_replica(key, entry).await?),
+                    Vec::new(),
+                )
+            }
+            Request::ReplicateDelete {
+                namespace,
+                key,
+                version,
+            } => {
+                let key = entry_key(&namespace, &key)?;
+                let partition = self.partition(&key);
+                self.cluster.incoming.note_delete(partition, &key, version);
+                (
+                    Response::Applied(self.apply_delete(key, version).await?),
+                    Vec::new(),
+                )
+            }
+            Request::ScanPartitions {
+                receiver,
+                partitions,
+                after,
+                limit,
+            } => {
+                self.scan_partitions(receiver, partitions, after, limit)
+                    .await?
             }
         })
     }
@@ -252,6 +365,300 @@ impl Service {
         wire::join_value(&value.format, payload)
     }
 
+    /// A fresh version from this node's clock (for deletes).
+    fn tick(&self) -> Version {
+        let now = self.clock.now();
+        self.hlc.lock().tick(now.as_millis())
+    }
+
+    /// Whether this node owns `key` at its epoch.
+    fn owns(&self, namespace: &Namespace, key: &Key) -> bool {
+        self.cluster.route(namespace.as_str(), key.as_str()).is_ok()
+    }
+
+    fn partition(&self, key: &EntryKey) -> PartitionId {
+        partition_of(
+            self.cluster.ring().params.partitions,
+            key.namespace.as_str(),
+            key.key.as_str(),
+        )
+    }
+
+    /// Rebuilds an entry sent by a peer, checking its payload against its checksum.
+    fn take_entry(
+        &self,
+        meta: EntryMeta,
+        body: Body,
+        bodies: &mut impl Iterator<Item = Bytes>,
+    ) -> Outcome<Entry> {
+        let value = self.take_value(
+            WireValue {
+                format: meta.format.clone(),
+                body,
+            },
+            bodies,
+        )?;
+        let entry = Entry { meta, value };
+        let payload = strata_proto::encode_payload(&entry.value).to_bytes();
+        if strata_proto::checksum(&payload) != entry.meta.checksum {
+            return Err(WireError::new(
+                ErrorCode::InvalidValue,
+                "a replicated entry fails its checksum",
+            ));
+        }
+        Ok(entry)
+    }
+
+    /// Sends a write to the key's other replicas and to any member receiving its partition,
+    /// in parallel; fails unless every one of them acknowledged.
+    async fn replicate(&self, key: &EntryKey, entry: &Entry) -> Outcome<()> {
+        let targets = self.cluster.write_targets(self.partition(key));
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut out = Vec::new();
+        let mut budget = self.limits.answer_inline_budget;
+        let wire = self.wire_entry(entry.clone(), &mut out, &mut budget);
+        let calls = targets.iter().map(|(id, addr)| {
+            let request = Request::Replicate {
+                namespace: key.namespace.to_string(),
+                key: key.key.to_string(),
+                meta: wire.meta.clone(),
+                body: wire.body.clone(),
+            };
+            let out = &out;
+            async move {
+                self.cluster
+                    .peers()
+                    .call(addr, self.cluster.epoch(), request, out, REPLICA_TIMEOUT)
+                    .await
+                    .map_err(|e| replica_error(*id, &e))
+            }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Sends a delete to the key's other replicas and incoming holders.
+    async fn replicate_delete(&self, key: &EntryKey, version: Version) -> Outcome<()> {
+        let targets = self.cluster.write_targets(self.partition(key));
+        let calls = targets.iter().map(|(id, addr)| {
+            let request = Request::ReplicateDelete {
+                namespace: key.namespace.to_string(),
+                key: key.key.to_string(),
+                version,
+            };
+            async move {
+                self.cluster
+                    .peers()
+                    .call(addr, self.cluster.epoch(), request, &[], REPLICA_TIMEOUT)
+                    .await
+                    .map_err(|e| replica_error(*id, &e))
+            }
+        });
+        for result in futures::future::join_all(calls).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Stores an entry written elsewhere if it is newer than what this node holds.
+    pub async fn apply_replica(&self, key: EntryKey, entry: Entry) -> Outcome<bool> {
+        let _ = self
+            .hlc
+            .lock()
+            .observe(entry.meta.version, self.clock.now().as_millis());
+        if let Some(held) = self.metadata(key.clone()).await?
+            && held.version >= entry.meta.version
+        {
+            return Ok(false);
+        }
+        let Some(pending) = &self.pending else {
+            self.writers.put(key, entry).await?;
+            return Ok(true);
+        };
+        pending.wait_for_room(entry.meta.size_bytes).await;
+        let newly_pending = {
+            let mut shard = pending.lock(&key);
+            if !self
+                .store
+                .put_fast(&key, entry.clone())
+                .map_err(store_error)?
+            {
+                return Ok(false);
+            }
+            pending.insert(&mut shard, key.clone(), entry)
+        };
+        if newly_pending {
+            self.writers.flush(key);
+        }
+        Ok(true)
+    }
+
+    /// Deletes a key for a delete issued elsewhere, unless a newer write is held.
+    pub async fn apply_delete(&self, key: EntryKey, version: Version) -> Outcome<bool> {
+        if let Some(held) = self.metadata(key.clone()).await?
+            && held.version > version
+        {
+            return Ok(false);
+        }
+        self.delete(key).await
+    }
+
+    /// Applies one entry of a partition transfer (skipping keys deleted meanwhile).
+    pub async fn apply_transferred(
+        &self,
+        incoming: &Incoming,
+        namespace: &str,
+        key: &str,
+        entry: WireEntry,
+        bodies: &mut impl Iterator<Item = Bytes>,
+    ) -> Outcome<bool> {
+        let key = entry_key(namespace, key)?;
+        let entry = self.take_entry(entry.meta, entry.body, bodies)?;
+        if incoming.deleted_since(&key, entry.meta.version) || entry.is_expired(self.clock.now()) {
+            return Ok(false);
+        }
+        self.apply_replica(key, entry).await
+    }
+
+    /// Every key held here (memory, disk and pending writes) in the given partitions, sorted.
+    async fn keys_in(
+        &self,
+        partitions: u32,
+        wanted: &HashSet<PartitionId>,
+    ) -> Outcome<Vec<EntryKey>> {
+        let in_store = wanted.clone();
+        let pending: Vec<EntryKey> = self.pending.as_ref().map(|p| p.keys()).unwrap_or_default();
+        let mut keys = self
+            .blocking(move |store| {
+                let mut keys = BTreeSet::new();
+                for namespace in store.namespaces()? {
+                    for (key, _) in store.list_keys(&namespace, None, false)? {
+                        if in_store.contains(&partition_of(
+                            partitions,
+                            namespace.as_str(),
+                            key.as_str(),
+                        )) {
+                            keys.insert(EntryKey::new(namespace.clone(), key));
+                        }
+                    }
+                }
+                Ok(keys)
+            })
+            .await?;
+        keys.extend(pending.into_iter().filter(|k| {
+            wanted.contains(&partition_of(
+                partitions,
+                k.namespace.as_str(),
+                k.key.as_str(),
+            ))
+        }));
+        Ok(keys.into_iter().collect())
+    }
+
+    /// Deletes every local entry of the given partitions; how many.
+    pub async fn drop_partitions(
+        &self,
+        partitions: u32,
+        dropped: &HashSet<PartitionId>,
+    ) -> Outcome<u64> {
+        let keys = self.keys_in(partitions, dropped).await?;
+        let mut n = 0;
+        for key in keys {
+            if self.delete(key).await? {
+                n += 1;
+            }
+        }
+        Ok(n)
+    }
+
+    /// One page of a partition transfer, for `receiver`; forwards later writes to it.
+    async fn scan_partitions(
+        &self,
+        receiver: NodeId,
+        partitions: Vec<PartitionId>,
+        after: Option<(String, String)>,
+        limit: u32,
+    ) -> Outcome<Answer> {
+        if !self.cluster.is_clustered() {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "partition transfers are between members of a cluster",
+            ));
+        }
+        // Forward first, list second: every write is in the listing or forwarded.
+        self.cluster.forwards.register(receiver, &partitions);
+        let count = self.cluster.ring().params.partitions;
+        let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
+        let listing = if after.is_none() {
+            Some(self.keys_in(count, &wanted).await?)
+        } else {
+            None
+        };
+        let forwards = &self.cluster.forwards;
+        let keys = match listing {
+            Some(keys) => forwards.session(receiver, &partitions, true, || keys),
+            None => {
+                let missing = forwards.session(receiver, &partitions, false, Vec::new);
+                if missing.is_empty() {
+                    // The session is gone (this node restarted): list again.
+                    let keys = self.keys_in(count, &wanted).await?;
+                    forwards.session(receiver, &partitions, true, || keys)
+                } else {
+                    missing
+                }
+            }
+        };
+        let start = match &after {
+            Some((ns, k)) => keys.partition_point(|e| {
+                (e.namespace.as_str(), e.key.as_str()) <= (ns.as_str(), k.as_str())
+            }),
+            None => 0,
+        };
+        let limit = limit.clamp(1, 10_000) as usize;
+        let page: Vec<EntryKey> = keys[start..].iter().take(limit).cloned().collect();
+        let more = keys.len() > start + page.len();
+        let now = self.clock.now();
+        let read = page.clone();
+        let pending: Vec<Option<Entry>> = read.iter().map(|k| self.pending_entry(k)).collect();
+        let found = self
+            .blocking(move |store| {
+                let mut found = Vec::with_capacity(read.len());
+                for (key, pending) in read.iter().zip(pending) {
+                    let mut entry = pending;
+                    for tier in store.tiers() {
+                        if entry.is_some() {
+                            break;
+                        }
+                        entry = tier.get(key)?;
+                    }
+                    found.push(entry);
+                }
+                Ok(found)
+            })
+            .await?;
+        let mut out = Vec::new();
+        let mut budget = self.limits.answer_inline_budget;
+        let mut entries = Vec::new();
+        for (key, entry) in page.iter().zip(found) {
+            let Some(entry) = entry.filter(|e| !e.is_expired(now)) else {
+                continue;
+            };
+            let wire = self.wire_entry(entry, &mut out, &mut budget);
+            entries.push((key.namespace.to_string(), key.key.to_string(), wire));
+        }
+        let next = if more {
+            page.last()
+                .map(|k| (k.namespace.to_string(), k.key.to_string()))
+        } else {
+            None
+        };
+        Ok((Response::Scanned { entries, next }, out))
+    }
+
     /// Stamps a value with this node's clock: creation time, expiry and version.
     fn stamp(&self, value: Value, ttl_ms: Option<u64>) -> Entry {
         let now = self.clock.now();
@@ -283,12 +690,14 @@ impl Service {
 
     /// Stores a value: in write-back mode once it is in memory and pending (the writer of its
     /// key flushes it), otherwise once the writer has put it in every tier.
-    async fn write(&self, key: EntryKey, value: Value, ttl_ms: Option<u64>) -> Outcome<()> {
+    async fn write(&self, key: EntryKey, value: Value, ttl_ms: Option<u64>) -> Outcome<Entry> {
         let Some(pending) = &self.pending else {
-            return self.writers.put(key, self.stamp(value, ttl_ms)).await;
+            let entry = self.stamp(value, ttl_ms);
+            self.writers.put(key, entry.clone()).await?;
+            return Ok(entry);
         };
         pending.wait_for_room(value.payload_len() as u64).await;
-        let newly_pending = {
+        let (newly_pending, entry) = {
             // The version is assigned under the key's lock, so versions of one key reach
             // memory and the pending map in order.
             let mut shard = pending.lock(&key);
@@ -296,12 +705,15 @@ impl Service {
             self.store
                 .put_fast(&key, entry.clone())
                 .map_err(store_error)?;
-            pending.insert(&mut shard, key.clone(), entry)
+            (
+                pending.insert(&mut shard, key.clone(), entry.clone()),
+                entry,
+            )
         };
         if newly_pending {
             self.writers.flush(key);
         }
-        Ok(())
+        Ok(entry)
     }
 
     async fn delete(&self, key: EntryKey) -> Outcome<bool> {
@@ -455,6 +867,13 @@ impl Service {
         })
         .to_string()
     }
+}
+
+fn replica_error(node: NodeId, e: &strata_client::Error) -> WireError {
+    WireError::new(
+        ErrorCode::Unavailable,
+        format!("replica {node} did not acknowledge the write: {e}"),
+    )
 }
 
 fn parse_namespace(namespace: &str) -> Outcome<Namespace> {

@@ -194,6 +194,15 @@ impl Pending {
         out
     }
 
+    /// Every pending key.
+    pub fn keys(&self) -> Vec<EntryKey> {
+        let mut out = Vec::new();
+        for shard in &*self.shards {
+            out.extend(shard.lock().keys().cloned());
+        }
+        out
+    }
+
     fn release(&self, size: u64) {
         self.bytes.fetch_sub(size, Ordering::Relaxed);
         self.freed.notify_waiters();

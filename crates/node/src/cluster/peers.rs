@@ -1,0 +1,102 @@
+//! Links to the other members: one kept QUIC connection per peer, made from this node's own
+//! endpoint with its node certificate (mutual TLS, like clients), reconnected lazily.
+//!
+//! Every exchange is one attempt of one request; callers (Raft's replication loop, the
+//! hand-off, write forwarding) decide about retries.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use parking_lot::Mutex;
+use quinn::Endpoint;
+use strata_client::ClientConfig;
+use strata_client::connection::{self, NodeConnection};
+use strata_proto::wire::{Request, RequestFrame, Response};
+
+/// Why a call to a peer failed.
+pub type PeerError = strata_client::Error;
+
+/// The pool of peer links.
+pub struct Peers {
+    endpoint: Endpoint,
+    quic: quinn::ClientConfig,
+    base: ClientConfig,
+    links: Mutex<HashMap<String, Arc<NodeConnection>>>,
+    next_id: AtomicU64,
+}
+
+impl Peers {
+    /// Links made from `endpoint`, presenting the certificate in `quic`; `base` gives the
+    /// timeouts and limits.
+    pub fn new(endpoint: Endpoint, quic: quinn::ClientConfig, base: ClientConfig) -> Self {
+        Self {
+            endpoint,
+            quic,
+            base,
+            links: Mutex::new(HashMap::new()),
+            next_id: AtomicU64::new(1),
+        }
+    }
+
+    /// The link to the peer at `addr` (`HOST:PORT`), made on first use.
+    async fn link(&self, addr: &str) -> Result<Arc<NodeConnection>, PeerError> {
+        if let Some(link) = self.links.lock().get(addr) {
+            return Ok(Arc::clone(link));
+        }
+        let remote = connection::resolve(addr).await?;
+        let mut config = self.base.clone();
+        config.addr = addr.to_owned();
+        let link = Arc::new(NodeConnection::new(
+            &config,
+            remote,
+            self.endpoint.clone(),
+            self.quic.clone(),
+        )?);
+        Ok(Arc::clone(
+            self.links.lock().entry(addr.to_owned()).or_insert(link),
+        ))
+    }
+
+    /// Sends `request` to the peer at `addr` once, bounded by `timeout`. An error answer
+    /// becomes [`PeerError::Server`].
+    pub async fn call(
+        &self,
+        addr: &str,
+        epoch: u64,
+        request: Request,
+        bodies: &[Bytes],
+        timeout: Duration,
+    ) -> Result<(Response, Vec<Bytes>), PeerError> {
+        let link = self.link(addr).await?;
+        let frame = RequestFrame {
+            id: self.next_id.fetch_add(1, Ordering::Relaxed),
+            epoch,
+            request,
+        };
+        let kind = frame.request.kind();
+        let answer = tokio::time::timeout(timeout, link.exchange(&frame, bodies))
+            .await
+            .map_err(|_| PeerError::Timeout {
+                what: format!("{kind} request to peer {addr}"),
+                after: timeout,
+            })??;
+        let (answer, bodies) = answer;
+        match answer.response {
+            Response::Error(e) => Err(PeerError::from(e)),
+            response => {
+                tracing::trace!(peer = addr, request = kind, "peer answered");
+                Ok((response, bodies))
+            }
+        }
+    }
+
+    /// Forgets the link to `addr` (the member left).
+    pub fn forget(&self, addr: &str) {
+        if let Some(link) = self.links.lock().remove(addr) {
+            link.close();
+        }
+    }
+}
