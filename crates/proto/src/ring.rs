@@ -14,33 +14,52 @@
 //!    virtual node `i` of member `m` at [`vnode_position`]`(m, i)`; partition `p` sits at
 //!    [`partition_position`]`(p)`. Both are xxh3-64 of little-endian bytes, computed with
 //!    [`StableHasher`]. The first virtual node clockwise from a partition is looked up with
-//!    the `hashring` crate; the walks further clockwise are ours.
-//! 3. **Owner, with bounded loads** ([`PartitionTable::place`]). A partition's *natural*
-//!    owner is the member of the first virtual node clockwise from it (at or after its
-//!    position, wrapping). No member owns more than [`owner_cap`]`(P, N) = max(⌈P/N⌉,
-//!    ⌊1.1·P/N⌋)` partitions (`N` distinct members). A member with more natural partitions
-//!    than that keeps the ones nearest (clockwise distance) to its virtual nodes; the others
-//!    *spill*, nearest first, clockwise from their natural virtual node to the first member
-//!    that still has room.
-//! 4. **Replica set** = the owner, then the next `R − 1` *distinct* members clockwise from the
-//!    virtual node where the owner was found, owner first (`R = min(max(replication, 1), N)`).
-//! 5. The table depends only on the parameters and the *set* of member ids: input order and
-//!    duplicates do not matter. No members gives `P` empty replica sets.
+//!    the `hashring` crate; the walks further clockwise are ours. A partition's *natural*
+//!    member is the member of that first virtual node (at or after its position, wrapping).
+//! 3. **Replica sets, by rebalancing** ([`PartitionTable::rebalance`]`(params, previous,
+//!    members)`). With `N` distinct members, `R = min(max(replication, 1), N)`, `lo = ⌊P/N⌋`
+//!    and `hi = ⌈P/N⌉`, the replica positions `k = 0` (the owner), `1`, …, `R − 1` are filled
+//!    one after the other. Every member ends up in each position of `lo` to `hi` sets
+//!    (always for position 0, the owner; for later positions unless a small cluster makes it
+//!    impossible), and a set never repeats a member:
+//!    1. *Keep*: the member in position `k` of the previous table stays if it is still a
+//!       member and not already earlier in the set.
+//!    2. *Place the rest* (partitions of removed members, or all of them for a new table),
+//!       nearest their natural virtual node first: clockwise from it to the first member
+//!       not in the set whose count is below `lo`; once no such member is left, below `hi`.
+//!    3. *Fill*: members still below `lo` (new members) take partitions from members above
+//!       `hi` first, then from members above `lo`: partitions nearest (clockwise distance)
+//!       to the virtual nodes of members below `lo` first, each taken by the first such
+//!       member clockwise that is not in its set.
+//!    4. *Trim*: members still above `hi` give up the partitions farthest from their virtual
+//!       nodes, each clockwise to the first member below `hi` not in its set.
+//!
+//!    All orders are over values derived from the member *set*, partition ids and ring
+//!    positions, so the table does not depend on the order of the input or on duplicates.
+//! 4. **Initial placement** ([`PartitionTable::place`]) is `rebalance` from an empty table.
+//!    No members gives `P` empty replica sets.
+//!
+//! Because every table is balanced to within one partition per position, adding a member
+//! moves `⌊P/(N+1)⌋` or `⌈P/(N+1)⌉` owners, all to it, and removing one moves only the
+//! partitions it owned. Replica sets change only to take a new member in or a removed one out
+//! (about `R·P/N` sets; measured, not guaranteed for positions after the owner). The table depends on the history of member sets, not on the current set
+//! alone: it is computed once per membership change, by the Raft state machine, and
+//! distributed to clients with the [`Ring`]; clients never recompute it.
 //!
 //! # Caveats
-//! - The cap trades movement for balance. With 64 virtual nodes and no cap, the most-loaded
-//!   of 1,000 members owns ~1.7–1.8× the mean at `P = 65,536` (3.4× at `P = 4096`); the cap
-//!   holds it to 1.1× (or `⌈P/N⌉` when `P/N` is small). But when membership changes,
-//!   partitions that spilled shift too, besides the ones the joining member takes (or the
-//!   leaving member gives up): about 1.4× the ideal `P/N` owner changes on average at 1,000
-//!   members, against ~0.95× without a cap. See [`owner_cap`] and `docs/ring.md`.
-//! - Replica (non-owner) loads are not bounded: at 1,000 members the member in the most
-//!   replica sets is in ~1.35–1.5× the mean number of them at `P = 65,536`, ~2.1–2.3× at
-//!   `P = 4096`. Bounding them the same way was measured to raise replica-set churn on a
-//!   join from ~2.4× to ~3.6× `P/N`, so it is not done.
-//! - Placement costs O(N·V·log(N·V) + P·log P) for `V` virtual nodes per member, and the
-//!   replica walk O(R²) per partition. It runs once per epoch, never per request.
+//! - At `P/N` small the balance is limited by rounding: at `P = 4096, N = 1000` a member owns
+//!   4 or 5 partitions, 1.22× the mean at most, which no placement can beat.
+//! - A previous table that was not balanced this way (made by [`PartitionTable::place_with_cap`],
+//!   or by another version) is brought within `lo..=hi` in one step, which can move many
+//!   partitions once.
+//! - [`PartitionTable::place`] of a grown member set from scratch is a different table from
+//!   `rebalance` of the previous one, and moves ~8× as many owners (measured at 1,000
+//!   members). Membership changes must go through `rebalance`.
+//! - Placement costs O(N·V·log(N·V) + R·P·log P) for `V` virtual nodes per member; at 1,000
+//!   members and `P = 65,536`, ~80 ms in a release build. It runs once per membership change,
+//!   never per request.
 
+use std::cmp::Reverse;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::hash::{BuildHasher, Hash, Hasher};
@@ -257,17 +276,16 @@ pub fn partition_position(partition: PartitionId) -> u64 {
     StableBuildHasher.hash_one(partition)
 }
 
-/// The most partitions one member may own when `partitions` are placed on `members` distinct
-/// members: `max(⌈P/N⌉, ⌊1.1·P/N⌋)` (0 when there are no members).
+/// `max(⌈P/N⌉, ⌊1.1·P/N⌋)` for `partitions` on `members` distinct members (0 when there are
+/// none): the balance target, "the most-loaded member owns at most 1.1× the mean", rounded
+/// down, or `⌈P/N⌉` where `P/N` is too small for that.
 ///
-/// Why this value: `⌊1.1·P/N⌋` keeps the most-loaded member within 10 % of the mean, which is
-/// the balance target; `⌈P/N⌉` is the least cap that can hold every partition, and wins when
-/// `P/N` is small (at `P/N = 4.096` the cap is 5). A looser cap would move fewer partitions
-/// on membership changes (fewer members are full, so fewer spills shift): at `P/N ≈ 65`, a
-/// cap of 1.2× the mean instead of 1.1× brings owner changes on a join from ~1.36× to
-/// ~1.09× the ideal `P/N` on average, but lets the most-loaded member reach 1.19× the mean.
-/// Balance is felt all the time by the busiest member, movement only during a change, so
-/// the balance target wins. See `docs/ring.md` for the measurements.
+/// [`PartitionTable::rebalance`] does better (every member owns `⌊P/N⌋` or `⌈P/N⌉`, and
+/// `⌈P/N⌉ ≤ owner_cap`). This was the cap of the stateless placement it replaced
+/// ([`PartitionTable::place_with_cap`]), and [`PartitionTable::rebalance_with_cap`] can use it
+/// to measure why a looser bound is worse: with members allowed up to this cap, every member
+/// at it must give one up when `⌊1.1·P/N⌋` drops (between 1001 and 1002 members at
+/// `P = 65,536`), up to ~9× `P/N` owner changes in one join. See `docs/ring.md`.
 pub fn owner_cap(partitions: u32, members: usize) -> u32 {
     if members == 0 {
         return 0;
@@ -278,30 +296,133 @@ pub fn owner_cap(partitions: u32, members: usize) -> u32 {
     u32::try_from(cap).unwrap_or(u32::MAX)
 }
 
-/// Partition → replica set (owner first, then the next distinct members clockwise).
+/// Partition → replica set, owner first.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PartitionTable {
     replicas: Vec<Vec<NodeId>>,
 }
 
 impl PartitionTable {
-    /// Places `params.partitions` partitions on `members` by consistent hashing with virtual
-    /// nodes and bounded loads, with the cap [`owner_cap`]; see the [module docs](self) for
-    /// the rules. A pure function of `params` and the *set* of member ids (order and
-    /// duplicates do not matter). No members gives `P` empty replica sets; `replication` 0
-    /// counts as 1 and `vnodes` 0 as 1.
+    /// The initial placement of `params.partitions` partitions on `members`:
+    /// [`rebalance`](Self::rebalance) from an empty table. Every member owns `⌊P/N⌋` or
+    /// `⌈P/N⌉` partitions and is in `⌊P/N⌋` or `⌈P/N⌉` of each replica position. A pure
+    /// function of `params` and the *set* of member ids (order and duplicates do not
+    /// matter). No members gives `P` empty replica sets; `replication` 0 counts as 1 and
+    /// `vnodes` 0 as 1.
+    ///
+    /// Use it for a new cluster. When membership changes, use
+    /// [`rebalance`](Self::rebalance) from the table in effect: placing the new member set
+    /// from scratch moves far more partitions than needed.
     pub fn place(params: &RingParams, members: &[NodeId]) -> Self {
+        Self::rebalance(params, &Self::default(), members)
+    }
+
+    /// The table for `members` that moves as little as possible from `previous`, with every
+    /// member owning `⌊P/N⌋` or `⌈P/N⌉` partitions (`N` distinct members); see the
+    /// [module docs](self) for the rules. Adding one member to a table made this way moves
+    /// `⌊P/(N+1)⌋` or `⌈P/(N+1)⌉` owners, all to the new member; removing one moves only
+    /// the partitions it owned. Replica sets change only where a member has to come in or
+    /// go (about `R·P/N` of them for one member added or removed, as measured in
+    /// `docs/ring.md`).
+    ///
+    /// A pure function of `params`, `previous` and the *set* of member ids (order and
+    /// duplicates do not matter), so every node that applies the same sequence of
+    /// membership changes gets the same table. A `previous` with a different number of
+    /// partitions is ignored (as if empty); members of `previous` not in `members` are
+    /// treated as removed.
+    pub fn rebalance(params: &RingParams, previous: &PartitionTable, members: &[NodeId]) -> Self {
+        Self::rebalance_with_cap(params, previous, members, 0)
+    }
+
+    /// [`rebalance`](Self::rebalance), but a member keeps up to `cap` partitions in each
+    /// replica position (at least `⌈P/N⌉`, to which a smaller `cap` is raised), and
+    /// partitions that must move go to members under `cap`. Members below `⌊P/N⌋` still take
+    /// partitions up to it. For measuring the balance/movement trade-off only:
+    /// [`rebalance`](Self::rebalance) (`cap = ⌈P/N⌉`) is what every process agrees on.
+    pub fn rebalance_with_cap(
+        params: &RingParams,
+        previous: &PartitionTable,
+        members: &[NodeId],
+        cap: u32,
+    ) -> Self {
+        let partitions = params.partitions as usize;
         let mut distinct = members.to_vec();
         distinct.sort_unstable();
         distinct.dedup();
-        let cap = owner_cap(params.partitions, distinct.len());
-        Self::place_sorted(params, &distinct, cap)
+        if distinct.is_empty() {
+            return Self {
+                replicas: vec![Vec::new(); partitions],
+            };
+        }
+        let ring = VirtualRing::new(&distinct, params.vnodes.max(1));
+        let n = distinct.len();
+        let lo = partitions / n;
+        let hi = partitions.div_ceil(n);
+        let balancer = Balancer {
+            positions: (0..params.partitions).map(partition_position).collect(),
+            natural: (0..params.partitions).map(|p| ring.natural(p)).collect(),
+            ring: &ring,
+            lo,
+            cap: (cap as usize).max(hi),
+        };
+        // The previous replica sets as member slots (None: no longer a member).
+        let previous: Vec<Vec<Option<usize>>> = if previous.len() == partitions {
+            previous
+                .replicas
+                .iter()
+                .map(|set| {
+                    set.iter()
+                        .map(|id| distinct.binary_search(id).ok())
+                        .collect()
+                })
+                .collect()
+        } else {
+            vec![Vec::new(); partitions]
+        };
+        let r = (params.replication.max(1) as usize).min(n);
+        let mut sets: Vec<Vec<usize>> = vec![Vec::with_capacity(r); partitions];
+        for k in 0..r {
+            let column = balancer.column(k, &previous, &sets);
+            for (set, slot) in sets.iter_mut().zip(column) {
+                set.push(slot);
+            }
+        }
+        Self {
+            replicas: sets
+                .into_iter()
+                .map(|set| set.into_iter().map(|slot| distinct[slot]).collect())
+                .collect(),
+        }
     }
 
-    /// [`place`](Self::place) with an explicit owner cap instead of [`owner_cap`], for
-    /// measuring the balance/movement trade-off. A cap below `⌈P/N⌉` (which could not hold
-    /// every partition) is raised to it. Not for production tables: every process must use
-    /// the same cap, and [`place`](Self::place) is the one they agree on.
+    /// The table with the members in `down` taken out of every replica set, order kept (the
+    /// first remaining member becomes the owner). A replica set made only of members in
+    /// `down` is kept unchanged, so that every partition still has an owner to try.
+    pub fn without(&self, down: &[NodeId]) -> PartitionTable {
+        let mut down = down.to_vec();
+        down.sort_unstable();
+        down.dedup();
+        let replicas = self
+            .replicas
+            .iter()
+            .map(|set| {
+                let up: Vec<NodeId> = set
+                    .iter()
+                    .copied()
+                    .filter(|m| down.binary_search(m).is_err())
+                    .collect();
+                if up.is_empty() { set.clone() } else { up }
+            })
+            .collect();
+        Self { replicas }
+    }
+
+    /// The placement used before [`rebalance`](Self::rebalance), kept for comparison:
+    /// consistent hashing with bounded loads, stateless. Each member keeps its natural
+    /// partitions nearest its virtual nodes up to `cap` (at least `⌈P/N⌉`; [`owner_cap`] is
+    /// the 1.1× cap it used), the others spill clockwise to the first member with room, and
+    /// the replica set is the owner then the next `R − 1` distinct members clockwise from
+    /// the owner's virtual node. Not for production tables.
     pub fn place_with_cap(params: &RingParams, members: &[NodeId], cap: u32) -> Self {
         let mut distinct = members.to_vec();
         distinct.sort_unstable();
@@ -563,6 +684,242 @@ impl VirtualRing {
     }
 }
 
+/// No member yet (in a column under construction).
+const UNASSIGNED: usize = usize::MAX;
+
+/// The rebalancing of one table: see [`PartitionTable::rebalance_with_cap`].
+struct Balancer<'a> {
+    ring: &'a VirtualRing,
+    /// Ring position of each partition.
+    positions: Vec<u64>,
+    /// Index in `ring.points` of each partition's natural virtual node.
+    natural: Vec<usize>,
+    /// Every member holds at least this many partitions in each replica position (`⌊P/N⌋`).
+    lo: usize,
+    /// And at most this many (`⌈P/N⌉` for [`PartitionTable::rebalance`]).
+    cap: usize,
+}
+
+impl Balancer<'_> {
+    /// The member slot of replica position `k` of every partition, given the positions before
+    /// it (`sets`, `k` members each) and the previous table (`previous`, member slots).
+    fn column(&self, k: usize, previous: &[Vec<Option<usize>>], sets: &[Vec<usize>]) -> Vec<usize> {
+        let partitions = self.positions.len();
+        let members = self.ring.member_points.len();
+        let mut holder = vec![UNASSIGNED; partitions];
+        let mut load = vec![0usize; members];
+
+        // 1. Keep: the previous member of position k stays if it is still a member and not
+        //    already earlier in the set (steps 3 and 4 take from members with too many).
+        for (p, set) in sets.iter().enumerate() {
+            if let Some(m) = previous[p].get(k).copied().flatten()
+                && !set.contains(&m)
+            {
+                holder[p] = m;
+                load[m] += 1;
+            }
+        }
+
+        // 2. The partitions without a member (of removed members, or all of them for a new
+        //    table), nearest their natural virtual node first, go clockwise from it to the
+        //    first member that can take them: first only to members below the floor, then to
+        //    members below the cap.
+        let mut pool: Vec<(u64, usize)> = (0..partitions)
+            .filter(|&p| holder[p] == UNASSIGNED)
+            .map(|p| {
+                let at = self.natural[p];
+                (
+                    self.ring.points[at]
+                        .position
+                        .wrapping_sub(self.positions[p]),
+                    p,
+                )
+            })
+            .collect();
+        pool.sort_unstable();
+        let mut rest = Vec::new();
+        let mut open = self.open_where(|m| load[m] < self.lo);
+        for (_, p) in pool {
+            match self.walk(&mut open, self.natural[p], |m| !sets[p].contains(&m)) {
+                Some(m) => {
+                    holder[p] = m;
+                    load[m] += 1;
+                    if load[m] >= self.lo {
+                        self.ring.close(&mut open, m);
+                    }
+                }
+                None => rest.push(p),
+            }
+        }
+        if !rest.is_empty() {
+            let mut open = self.open_where(|m| load[m] < self.cap);
+            for p in rest {
+                let eligible = |m: usize| !sets[p].contains(&m);
+                // With no eligible member under the cap (possible only in a later replica
+                // position of a small cluster), the first eligible member clockwise.
+                let m = self
+                    .walk(&mut open, self.natural[p], eligible)
+                    .unwrap_or_else(|| self.first_eligible(self.natural[p], eligible));
+                holder[p] = m;
+                load[m] += 1;
+                if load[m] >= self.cap {
+                    self.ring.close(&mut open, m);
+                }
+            }
+        }
+
+        // 3. Members still below the floor (new members) take partitions from members above
+        //    it, from members above the cap first.
+        if load.iter().any(|&l| l < self.lo) {
+            self.steal(sets, &mut holder, &mut load);
+        }
+
+        // 4. Members still above the cap give the partitions farthest from their virtual
+        //    nodes, clockwise to the first member below the cap.
+        if load.iter().any(|&l| l > self.cap) {
+            self.shed(sets, &mut holder, &mut load);
+        }
+        holder
+    }
+
+    /// Moves partitions to members below the floor, until none is (or no eligible partition
+    /// is left). Candidates are taken nearest first (clockwise distance to the nearest virtual
+    /// node of a member below the floor), each by the first member below the floor clockwise
+    /// from it; first only from members above the cap, then from members above the floor.
+    fn steal(&self, sets: &[Vec<usize>], holder: &mut [usize], load: &mut [usize]) {
+        let points = &self.ring.points;
+        let mut short: usize = load.iter().map(|&l| self.lo.saturating_sub(l)).sum();
+        let needy: Vec<usize> = (0..points.len())
+            .filter(|&at| load[points[at].slot] < self.lo)
+            .collect();
+        let mut candidates: Vec<(u64, usize)> = (0..holder.len())
+            .filter(|&p| load[holder[p]] > self.lo)
+            .map(|p| {
+                let position = self.positions[p];
+                let i = needy.partition_point(|&at| points[at].position < position);
+                let at = needy[if i == needy.len() { 0 } else { i }];
+                (points[at].position.wrapping_sub(position), p)
+            })
+            .collect();
+        candidates.sort_unstable();
+        let mut open = self.open_where(|m| load[m] < self.lo);
+        for above in [self.cap, self.lo] {
+            for &(_, p) in &candidates {
+                if short == 0 {
+                    return;
+                }
+                let donor = holder[p];
+                if load[donor] <= above {
+                    continue;
+                }
+                let Some(m) = self.walk(&mut open, self.natural[p], |m| !sets[p].contains(&m))
+                else {
+                    continue;
+                };
+                holder[p] = m;
+                load[donor] -= 1;
+                load[m] += 1;
+                short -= 1;
+                if load[m] >= self.lo {
+                    self.ring.close(&mut open, m);
+                }
+            }
+        }
+    }
+
+    /// Moves partitions from members above the cap, farthest from their virtual nodes first,
+    /// each clockwise to the first eligible member below the cap (it stays if there is none).
+    fn shed(&self, sets: &[Vec<usize>], holder: &mut [usize], load: &mut [usize]) {
+        let mut over: Vec<(usize, Reverse<u64>, usize)> = (0..holder.len())
+            .filter(|&p| load[holder[p]] > self.cap)
+            .map(|p| (holder[p], Reverse(self.distance(p, holder[p])), p))
+            .collect();
+        over.sort_unstable();
+        let mut open = self.open_where(|m| load[m] < self.cap);
+        for (donor, _, p) in over {
+            if load[donor] <= self.cap {
+                continue;
+            }
+            let Some(m) = self.walk(&mut open, self.natural[p], |m| !sets[p].contains(&m)) else {
+                continue;
+            };
+            holder[p] = m;
+            load[donor] -= 1;
+            load[m] += 1;
+            if load[m] >= self.cap {
+                self.ring.close(&mut open, m);
+            }
+        }
+    }
+
+    /// Clockwise distance from partition `p` to the nearest virtual node of member `m` at or
+    /// after it (the smallest for its natural owner).
+    fn distance(&self, p: usize, m: usize) -> u64 {
+        let position = self.positions[p];
+        let points = &self.ring.points;
+        let own = &self.ring.member_points[m];
+        let i = own.partition_point(|&at| points[at].position < position);
+        let at = own[if i == own.len() { 0 } else { i }];
+        points[at].position.wrapping_sub(position)
+    }
+
+    /// A union-find "next open point" array (see [`find_open`]) in which the points of the
+    /// members for which `open` is true are open.
+    fn open_where(&self, open: impl Fn(usize) -> bool) -> Vec<usize> {
+        let points = &self.ring.points;
+        (0..=points.len())
+            .map(|at| {
+                if at < points.len() && !open(points[at].slot) {
+                    at + 1
+                } else {
+                    at
+                }
+            })
+            .collect()
+    }
+
+    /// The first open point's member clockwise from point `start` (inclusive, wrapping) that
+    /// is `eligible`, if any.
+    fn walk(
+        &self,
+        next_open: &mut [usize],
+        start: usize,
+        eligible: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let end = self.ring.points.len();
+        let mut at = find_open(next_open, start);
+        let mut wrapped = false;
+        loop {
+            if at == end {
+                if wrapped {
+                    return None;
+                }
+                wrapped = true;
+                at = find_open(next_open, 0);
+                continue;
+            }
+            if wrapped && at >= start {
+                return None;
+            }
+            let m = self.ring.points[at].slot;
+            if eligible(m) {
+                return Some(m);
+            }
+            at = find_open(next_open, at + 1);
+        }
+    }
+
+    /// The member of the first point clockwise from `start` that is `eligible` (one always
+    /// is: a set under construction has fewer members than the ring).
+    fn first_eligible(&self, start: usize, eligible: impl Fn(usize) -> bool) -> usize {
+        let points = &self.ring.points;
+        (0..points.len())
+            .map(|i| points[(start + i) % points.len()].slot)
+            .find(|&m| eligible(m))
+            .unwrap_or(points[start].slot)
+    }
+}
+
 /// The first index `≥ from` whose member has room (`next_open.len() − 1` if none), with path
 /// compression.
 fn find_open(next_open: &mut [usize], from: usize) -> usize {
@@ -683,6 +1040,43 @@ mod tests {
             for &at in ats {
                 assert_eq!(ring.points[at].slot, slot);
             }
+        }
+    }
+
+    #[test]
+    fn walk_skips_closed_and_ineligible_members_and_wraps() {
+        let members: Vec<NodeId> = (1..=4).map(NodeId).collect();
+        let ring = VirtualRing::new(&members, 8);
+        let positions: Vec<u64> = (0..64).map(partition_position).collect();
+        let natural: Vec<usize> = (0..64).map(|p| ring.natural(p)).collect();
+        let balancer = Balancer {
+            ring: &ring,
+            positions,
+            natural,
+            lo: 0,
+            cap: 0,
+        };
+        let len = ring.points.len();
+        // Members 0 and 2 are open; 0 is not eligible.
+        let open = balancer.open_where(|m| m == 0 || m == 2);
+        for start in 0..len {
+            let expected = (0..len)
+                .map(|i| ring.points[(start + i) % len].slot)
+                .find(|&m| m == 2);
+            let mut next = open.clone();
+            assert_eq!(balancer.walk(&mut next, start, |m| m != 0), expected);
+        }
+        let mut next = open.clone();
+        assert_eq!(balancer.walk(&mut next, 3, |m| m == 1 || m == 3), None);
+        assert_eq!(balancer.first_eligible(3, |m| m == 3), 3);
+        // The natural member is the nearest clockwise.
+        for p in 0..64 {
+            let owner = ring.points[balancer.natural[p]].slot;
+            let d = balancer.distance(p, owner);
+            assert!(
+                (0..4).all(|m| balancer.distance(p, m) >= d),
+                "partition {p}"
+            );
         }
     }
 
