@@ -180,15 +180,44 @@ impl NodeConnection {
         frame: &RequestFrame,
         bodies: &[Bytes],
     ) -> Result<(ResponseFrame, Vec<Bytes>), Error> {
-        let conn = self.connection().await?;
-        match tokio::time::timeout(self.request_timeout, self.exchange_on(&conn, frame, bodies))
+        self.exchange_within(frame, bodies, self.request_timeout)
             .await
-        {
+    }
+
+    /// [`NodeConnection::exchange`] bounded by `timeout` instead of the request timeout.
+    pub async fn exchange_within(
+        &self,
+        frame: &RequestFrame,
+        bodies: &[Bytes],
+        timeout: Duration,
+    ) -> Result<(ResponseFrame, Vec<Bytes>), Error> {
+        let connect = tokio::time::timeout(timeout, self.connection()).await;
+        let conn = match connect {
+            Ok(conn) => conn?,
+            Err(_) => {
+                return Err(Error::Timeout {
+                    what: format!("connecting to {}", self.addr),
+                    after: timeout,
+                });
+            }
+        };
+        let heard = conn.stats().udp_rx.datagrams;
+        match tokio::time::timeout(timeout, self.exchange_on(&conn, frame, bodies)).await {
             Ok(result) => result,
-            Err(_) => Err(Error::Timeout {
-                what: format!("{} request to {}", frame.request.kind(), self.addr),
-                after: self.request_timeout,
-            }),
+            Err(_) => {
+                // A live node acknowledges packets even when it is slow to answer; one that
+                // sent nothing during the whole attempt is gone or frozen, and the connection
+                // is dropped so that the next request dials afresh (a restarted node at the
+                // same address is then reached at once).
+                if conn.stats().udp_rx.datagrams == heard {
+                    tracing::debug!(addr = %self.addr, "no packet from the node during a whole request: dropping the connection");
+                    self.forget(&conn);
+                }
+                Err(Error::Timeout {
+                    what: format!("{} request to {}", frame.request.kind(), self.addr),
+                    after: timeout,
+                })
+            }
         }
     }
 
@@ -227,6 +256,18 @@ impl NodeConnection {
             .map_err(|e| self.stream_failed(conn, e))?;
         stream.done = true;
         Ok((response, response_bodies))
+    }
+
+    /// Drops `conn` if it is still the current connection.
+    fn forget(&self, conn: &Connection) {
+        let mut current = self.current.lock();
+        if current
+            .as_ref()
+            .is_some_and(|c| c.stable_id() == conn.stable_id())
+            && let Some(old) = current.take()
+        {
+            old.close(CLOSED_BY_CLIENT, b"node unresponsive");
+        }
     }
 
     /// Closes the connection, telling the node. The next request connects again.

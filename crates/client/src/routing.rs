@@ -23,6 +23,12 @@
 //!   member marked down has handed its partitions to their replicas in the new ring.
 //! - **Retryable node errors** (`Unavailable`, `Timeout`, `NotReady`): retried under the
 //!   same policy, routed afresh each time.
+//! - **Failover**: a read the owner cannot answer (transport failure, or `NotReady`: its
+//!   lease lapsed or it is rejoining) is sent to the key's other replicas as a
+//!   `ReplicaRead`, which a replica answers only when it cannot be stale. An owner that has
+//!   not answered within [`SLOW_OWNER`] gets the same treatment while its attempt runs, and
+//!   the client fetches the ring meanwhile: once the keys have a new owner, the attempt is
+//!   abandoned and the request goes there.
 //!
 //! A batch request whose keys no longer share one owner after a ring change is handed back
 //! to the batch call, which groups its keys again by the new ring.
@@ -114,6 +120,34 @@ pub(crate) enum Routed {
     /// The request's keys no longer have a single owner under the current ring; nothing was
     /// sent for them since the ring changed. Group them again.
     Split,
+}
+
+/// How long an owner may take to answer before the client also looks elsewhere: reads go to
+/// the replicas too, and the ring is fetched in case the owner was replaced.
+pub const SLOW_OWNER: Duration = Duration::from_millis(500);
+
+/// The outcome of an attempt on an owner.
+enum Watched {
+    /// The owner answered, or failed.
+    Answer(Result<(Response, Vec<Bytes>), Error>),
+    /// The keys have a new owner: route again.
+    Moved,
+}
+
+/// Whether a request only reads (and so may be answered by a replica).
+fn is_read(request: &Request) -> bool {
+    matches!(
+        request,
+        Request::Get { .. }
+            | Request::GetMany { .. }
+            | Request::Exists { .. }
+            | Request::Metadata { .. }
+    )
+}
+
+/// Whether the owner failed in a way that another replica may make up for.
+fn fails_over(e: &Error) -> bool {
+    is_transport(e) || e.server_code() == Some(ErrorCode::NotReady)
 }
 
 /// Whether an error is the transport's (the node may be gone), not the node's.
@@ -412,7 +446,25 @@ impl Client {
             })?;
             let conn = self.link(member).await?;
             frame.epoch = ring.epoch;
-            match self.attempt(&conn, frame, bodies).await {
+            let outcome = match self
+                .attempt_watching(&conn, frame, bodies, namespace, keys, owner)
+                .await
+            {
+                Watched::Answer(outcome) => outcome,
+                Watched::Moved => continue,
+            };
+            // A read the owner could not answer (gone, frozen, lease lapsed): the replicas
+            // may answer it when they cannot be stale.
+            let outcome = match outcome {
+                Err(e) if fails_over(&e) && is_read(&frame.request) => {
+                    match self.read_from_replicas(frame, namespace, keys, owner).await {
+                        Some(answer) => Ok(answer),
+                        None => Err(e),
+                    }
+                }
+                other => other,
+            };
+            match outcome {
                 Ok((Response::Redirect(theirs), _)) => {
                     redirects += 1;
                     let their_epoch = theirs.epoch;
@@ -454,6 +506,87 @@ impl Client {
                 Err(e) => return Err(e),
             }
         }
+    }
+
+    /// One attempt on the owner that keeps an eye on the cluster while the owner is slow to
+    /// answer: every [`SLOW_OWNER`] it sends a read to the replicas as well, and fetches the
+    /// ring; if the keys have a new owner by then, the attempt is abandoned.
+    async fn attempt_watching(
+        &self,
+        conn: &NodeConnection,
+        frame: &RequestFrame,
+        bodies: &[Bytes],
+        namespace: &str,
+        keys: &[&str],
+        owner: NodeId,
+    ) -> Watched {
+        let attempt = self.attempt(conn, frame, bodies);
+        tokio::pin!(attempt);
+        loop {
+            tokio::select! {
+                outcome = &mut attempt => return Watched::Answer(outcome),
+                _ = tokio::time::sleep(SLOW_OWNER) => {}
+            }
+            if is_read(&frame.request)
+                && let Some(answer) = self.read_from_replicas(frame, namespace, keys, owner).await
+            {
+                return Watched::Answer(Ok(answer));
+            }
+            if let Err(e) = self.refresh(Some(owner)).await {
+                tracing::debug!(error = %e, "refreshing the ring failed");
+            }
+            let ring = self.current_ring();
+            if owner_of_all(&ring, namespace, keys).ok().flatten() != Some(owner) {
+                tracing::debug!(node = %owner, "the owner did not answer and no longer owns the keys");
+                return Watched::Moved;
+            }
+        }
+    }
+
+    /// Sends a read to the other replicas of `keys`, one at a time; the first answer.
+    async fn read_from_replicas(
+        &self,
+        frame: &RequestFrame,
+        namespace: &str,
+        keys: &[&str],
+        owner: NodeId,
+    ) -> Option<(Response, Vec<Bytes>)> {
+        let ring = self.current_ring();
+        let mut candidates: Option<Vec<NodeId>> = None;
+        for key in keys {
+            let replicas = ring.table.replicas(ring.partition_of(namespace, key));
+            candidates = Some(match candidates {
+                None => replicas.to_vec(),
+                Some(c) => c.into_iter().filter(|n| replicas.contains(n)).collect(),
+            });
+        }
+        for node in candidates.unwrap_or_default() {
+            if node == owner {
+                continue;
+            }
+            let Some(member) = ring.member(node) else {
+                continue;
+            };
+            let Ok(conn) = self.link(member).await else {
+                continue;
+            };
+            let replica_frame = RequestFrame {
+                id: frame.id,
+                epoch: ring.epoch,
+                request: Request::ReplicaRead(Box::new(frame.request.clone())),
+            };
+            match tokio::time::timeout(SLOW_OWNER * 2, self.attempt(&conn, &replica_frame, &[]))
+                .await
+            {
+                Ok(Ok((Response::Redirect(theirs), _))) => {
+                    self.adopt(*theirs, None);
+                }
+                Ok(Ok(answer)) => return Some(answer),
+                Ok(Err(e)) => tracing::debug!(%node, error = %e, "replica read refused"),
+                Err(_) => tracing::debug!(%node, "replica read timed out"),
+            }
+        }
+        None
     }
 
     /// Sends a request about one key to its owner.

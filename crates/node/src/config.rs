@@ -253,6 +253,23 @@ pub struct ClusterConfig {
     pub vnodes: u32,
     /// Copies of every partition, for a new cluster. Default 2.
     pub replication: u32,
+    /// W: copies of a write (the owner's included) that must hold it before it is
+    /// acknowledged, for a new cluster; capped at `replication`. Default 2 (with R = 2 every
+    /// replica holds every acknowledged write, so any of them can take over or answer a
+    /// read). Below R, writes are acknowledged sooner, but a failover may lose the last
+    /// writes and replicas do not answer reads.
+    pub write_quorum: u32,
+    /// Silence after which the Raft leader declares a member down and hands its partitions
+    /// to their replicas (ms). Default 1000.
+    pub failure_timeout_ms: u64,
+    /// Ownership lease (ms): a member answers for its partitions only within this time of
+    /// its last confirmed contact with the leader (which itself needs a majority). Must be
+    /// below `failure_timeout_ms`, so that a frozen or cut-off member stops answering before
+    /// the leader gives its partitions away. Default 750.
+    pub lease_ms: u64,
+    /// How long a delete's tombstone is kept (s). A member down longer than this discards
+    /// its data when it comes back instead of merging it. Default 86400 (24 h).
+    pub tombstone_grace_secs: u64,
     /// Raft heartbeat interval (ms). Default 250.
     pub heartbeat_ms: u64,
     /// Raft election timeout (ms): a follower that hears nothing for a random time between
@@ -282,6 +299,10 @@ impl Default for ClusterConfig {
             partitions: strata_proto::ring::DEFAULT_PARTITIONS,
             vnodes: strata_proto::ring::DEFAULT_VNODES,
             replication: strata_proto::ring::DEFAULT_REPLICATION,
+            write_quorum: 2,
+            failure_timeout_ms: 1000,
+            lease_ms: 750,
+            tombstone_grace_secs: 86_400,
             heartbeat_ms: 250,
             election_timeout_ms: 1000,
             epoch_wait_ms: 1000,
@@ -507,6 +528,28 @@ impl Config {
         positive("cluster.vnodes", u64::from(c.vnodes))?;
         positive("cluster.replication", u64::from(c.replication))?;
         positive("cluster.heartbeat_ms", c.heartbeat_ms)?;
+        positive("cluster.write_quorum", u64::from(c.write_quorum))?;
+        positive("cluster.lease_ms", c.lease_ms)?;
+        positive("cluster.tombstone_grace_secs", c.tombstone_grace_secs)?;
+        if c.lease_ms >= c.failure_timeout_ms {
+            return Err(invalid(
+                "cluster.lease_ms",
+                format!(
+                    "{} must be below cluster.failure_timeout_ms ({}): a member cut off from the leader must stop answering before its partitions are given away",
+                    c.lease_ms, c.failure_timeout_ms
+                ),
+            ));
+        }
+        if c.lease_ms < 2 * c.heartbeat_ms {
+            return Err(invalid(
+                "cluster.lease_ms",
+                format!(
+                    "{} must be at least two heartbeats ({} ms): leases are renewed every heartbeat",
+                    c.lease_ms,
+                    2 * c.heartbeat_ms
+                ),
+            ));
+        }
         positive("cluster.transfer_bytes_per_sec", c.transfer_bytes_per_sec)?;
         positive(
             "cluster.transfer_page_entries",

@@ -13,6 +13,8 @@
 //!   listener.
 //! - [`raft`]: cluster metadata through Raft: the cluster state machine, the persisted log
 //!   and state machine stores (openraft storage v2).
+//! - [`tombstones`]: versioned delete markers, kept for a grace period, so that no delete is
+//!   undone by an older write or a returning member.
 //! - [`writeback`]: writes acknowledged from memory and flushed to disk by the writers.
 
 pub mod actors;
@@ -23,4 +25,5 @@ pub mod raft;
 pub mod server;
 pub mod service;
 pub mod tls;
+pub mod tombstones;
 pub mod writeback;

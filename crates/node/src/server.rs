@@ -44,6 +44,7 @@ use crate::config::Config;
 use crate::config::WriteMode;
 use crate::service::{Service, ServiceLimits};
 use crate::tls;
+use crate::tombstones::Tombstones;
 use crate::writeback::Pending;
 
 /// Everything a connection task needs.
@@ -120,13 +121,27 @@ impl RunningNode {
 
         let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
             .context("loading TLS certificates")?;
-        let endpoint = Endpoint::server(server_config, config.listen)
+        let socket = std::net::UdpSocket::bind(config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
+        let reset_key = reset_key(&config.data_dir).context("loading the QUIC reset key")?;
+        let endpoint = Endpoint::new(
+            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            Some(server_config),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )
+        .with_context(|| format!("listening on {}", config.listen))?;
         let local_addr = endpoint.local_addr()?;
         let (cluster, start) = start_cluster(&config, endpoint.clone(), local_addr).await?;
+        let grace = Duration::from_secs(config.cluster.tombstone_grace_secs);
+        let tombstones = Arc::new(
+            Tombstones::open(&config.data_dir, grace, strata_proto::Timestamp::now())
+                .context("opening the tombstone log")?,
+        );
         let service = Service::new(
             Arc::clone(&cluster),
             Arc::clone(&store),
+            tombstones,
             writers,
             write_back,
             clock,
@@ -172,7 +187,11 @@ impl RunningNode {
         )
         .await?;
         tracing::info!(node = config.node_id, addr = %local_addr, "serving");
-        let tasks = enter_cluster(&cluster, start, &config);
+        let mut tasks = enter_cluster(&cluster, start, &config);
+        tasks.push(tokio::spawn(crate::cluster::lease::run(Arc::clone(
+            &cluster,
+        ))));
+        tasks.push(tokio::spawn(purge_tombstones(Arc::clone(&shared.service))));
         Ok(Self {
             local_addr,
             endpoint,
@@ -548,8 +567,57 @@ async fn start_cluster(
     )
     .await
     .context("starting Raft")?;
-    let cluster = Cluster::clustered(me, c.clone(), peers, raft, state);
+    let cluster = Cluster::clustered(me, c.clone(), peers, raft, state, has_state);
     Ok((Arc::new(cluster), start))
+}
+
+/// File in the data directory holding the node's QUIC stateless-reset key.
+const RESET_KEY_FILE: &str = "quic-reset.key";
+
+/// The node's QUIC stateless-reset key, made once and kept in the data directory. A node that
+/// restarts with the same key can tell its peers and clients that their connections to its
+/// previous process are gone (a stateless reset they can verify), so they reconnect at once
+/// instead of waiting for an idle timeout.
+fn reset_key(data_dir: &std::path::Path) -> anyhow::Result<ring::hmac::Key> {
+    use ring::rand::SecureRandom as _;
+    let path = data_dir.join(RESET_KEY_FILE);
+    let secret = match std::fs::read(&path) {
+        Ok(bytes) if bytes.len() == 64 => bytes,
+        Ok(_) => anyhow::bail!("{} is not a 64-byte key", path.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut bytes = vec![0u8; 64];
+            ring::rand::SystemRandom::new()
+                .fill(&mut bytes)
+                .map_err(|_| anyhow::anyhow!("no system randomness"))?;
+            std::fs::create_dir_all(data_dir)?;
+            let tmp = data_dir.join(format!("{RESET_KEY_FILE}.tmp"));
+            {
+                use std::io::Write as _;
+                let mut options = std::fs::OpenOptions::new();
+                options.write(true).create(true).truncate(true);
+                #[cfg(unix)]
+                std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+                let mut file = options.open(&tmp)?;
+                file.write_all(&bytes)?;
+                file.sync_all()?;
+            }
+            std::fs::rename(&tmp, &path)?;
+            bytes
+        }
+        Err(e) => return Err(e.into()),
+    };
+    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+}
+
+/// Drops tombstones past their grace period, once a minute.
+async fn purge_tombstones(service: Arc<Service>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(60));
+    loop {
+        tick.tick().await;
+        if let Err(e) = service.purge_tombstones() {
+            tracing::warn!(error = %e, "could not purge tombstones");
+        }
+    }
 }
 
 /// Background tasks that make a new node a member: initialise a new cluster, or ask to join
@@ -564,11 +632,12 @@ fn enter_cluster(
         vnodes: config.cluster.vnodes,
         replication: config.cluster.replication,
     };
+    let write_quorum = config.cluster.write_quorum;
     let cluster = Arc::clone(cluster);
     match start {
         Start::Standalone | Start::Restart => Vec::new(),
         Start::Bootstrap => vec![tokio::spawn(async move {
-            if let Err(e) = bootstrap(&cluster, params).await {
+            if let Err(e) = bootstrap(&cluster, params, write_quorum).await {
                 tracing::error!(error = %e, "could not bootstrap the cluster");
             }
         })],
@@ -576,7 +645,7 @@ fn enter_cluster(
     }
 }
 
-async fn bootstrap(cluster: &Cluster, params: RingParams) -> anyhow::Result<()> {
+async fn bootstrap(cluster: &Cluster, params: RingParams, write_quorum: u32) -> anyhow::Result<()> {
     let Some(raft) = cluster.raft() else {
         return Ok(());
     };
@@ -602,6 +671,7 @@ async fn bootstrap(cluster: &Cluster, params: RingParams) -> anyhow::Result<()> 
                 state: MemberState::Active,
                 ..me.clone()
             },
+            write_quorum,
         };
         match cluster.propose(init).await {
             Ok(_) => return Ok(()),

@@ -22,11 +22,13 @@ use strata_store::{Clock, Pattern, Tier, Tiered};
 
 use crate::actors::{Writers, store_error};
 use crate::cluster::Cluster;
-use crate::cluster::handoff::Incoming;
+use crate::tombstones::Tombstones;
 use crate::writeback::Pending;
 
 /// How long a write waits for each replica's acknowledgement.
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
+/// Locks that order the writes, deletes and replica applies of one key (by key hash).
+const KEY_LOCKS: u32 = 1024;
 
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
@@ -54,6 +56,10 @@ pub struct Service {
     hlc: Mutex<Hlc>,
     limits: ServiceLimits,
     started: Instant,
+    tombstones: Arc<Tombstones>,
+    /// Held while a key's version is checked and its new value or tombstone is stored, so
+    /// that "apply only if newer" is atomic.
+    key_locks: Vec<tokio::sync::Mutex<()>>,
 }
 
 /// A response and the bodies that follow its frame.
@@ -66,6 +72,7 @@ impl Service {
     pub fn new(
         cluster: Arc<Cluster>,
         store: Arc<Tiered>,
+        tombstones: Arc<Tombstones>,
         writers: Writers,
         pending: Option<Arc<Pending>>,
         clock: Arc<dyn Clock>,
@@ -82,15 +89,44 @@ impl Service {
             hlc: Mutex::new(Hlc::new(node)),
             limits,
             started: Instant::now(),
+            tombstones,
+            key_locks: (0..KEY_LOCKS)
+                .map(|_| tokio::sync::Mutex::new(()))
+                .collect(),
         }
+    }
+
+    /// The lock of `key`'s stripe.
+    async fn lock_key(&self, key: &EntryKey) -> tokio::sync::MutexGuard<'_, ()> {
+        let i = partition_of(KEY_LOCKS, key.namespace.as_str(), key.key.as_str()) as usize;
+        self.key_locks[i % self.key_locks.len()].lock().await
+    }
+
+    /// Drops tombstones past their grace period; how many.
+    pub fn purge_tombstones(&self) -> std::io::Result<usize> {
+        self.tombstones.purge(self.clock.now())
+    }
+
+    /// The node's tombstones.
+    pub fn tombstones(&self) -> &Tombstones {
+        &self.tombstones
     }
 
     /// Answers one request, routed by the client at ring `epoch`. `bodies` are the streamed
     /// payloads that followed its frame.
     pub async fn handle(&self, epoch: u64, request: Request, bodies: Vec<Bytes>) -> Answer {
-        if let Some(redirect) = self.check_route(epoch, &request).await {
-            return (redirect, Vec::new());
-        }
+        let request = match request {
+            Request::ReplicaRead(inner) => match self.check_replica_read(epoch, &inner).await {
+                Ok(()) => *inner,
+                Err(answer) => return (answer, Vec::new()),
+            },
+            other => {
+                if let Some(redirect) = self.check_route(epoch, &other).await {
+                    return (redirect, Vec::new());
+                }
+                other
+            }
+        };
         match self.dispatch(request, bodies).await {
             Ok(answer) => answer,
             Err(e) => (Response::Error(e), Vec::new()),
@@ -124,7 +160,48 @@ impl Service {
                 return Some(Response::Redirect(Box::new(ring)));
             }
         }
-        None
+        // The owner answers only under a valid lease (see `cluster::lease`).
+        self.cluster.serving().err().map(Response::Error)
+    }
+
+    /// A read sent to a replica because the owner could not be reached: allowed only when
+    /// the replica cannot be stale.
+    async fn check_replica_read(&self, epoch: u64, inner: &Request) -> Result<(), Response> {
+        let keys: Vec<(&str, &str)> = match inner {
+            Request::Get { namespace, key }
+            | Request::Exists { namespace, key }
+            | Request::Metadata { namespace, key } => vec![(namespace.as_str(), key.as_str())],
+            Request::GetMany { namespace, keys } => keys
+                .iter()
+                .map(|k| (namespace.as_str(), k.as_str()))
+                .collect(),
+            _ => {
+                return Err(Response::Error(WireError::new(
+                    ErrorCode::Malformed,
+                    "only reads may be sent to a replica",
+                )));
+            }
+        };
+        if !self.cluster.is_clustered() {
+            return Ok(());
+        }
+        self.cluster.catch_up(epoch).await;
+        if !self.cluster.state().replicas_are_current() {
+            return Err(Response::Error(WireError::new(
+                ErrorCode::NotReady,
+                "replicas may miss acknowledged writes (write_quorum < replication): wait for the owner or the next epoch",
+            )));
+        }
+        let ring = self.cluster.ring();
+        for (namespace, key) in keys {
+            let partition = ring.partition_of(namespace, key);
+            if !ring.table.replicas(partition).contains(&self.node) {
+                let mut ring = ring.as_ref().clone();
+                ring.leader = self.cluster.ring_with_leader().leader;
+                return Err(Response::Redirect(Box::new(ring)));
+            }
+        }
+        self.cluster.serving().map_err(Response::Error)
     }
 
     async fn dispatch(&self, request: Request, bodies: Vec<Bytes>) -> Outcome<Answer> {
@@ -161,8 +238,12 @@ impl Service {
             }
             Request::Delete { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
-                let version = self.tick();
-                let existed = self.delete(key.clone()).await?;
+                let (version, existed) = {
+                    let _guard = self.lock_key(&key).await;
+                    let version = self.tick();
+                    self.record_tombstone(&key, version)?;
+                    (version, self.delete(key.clone()).await?)
+                };
                 self.replicate_delete(&key, version).await?;
                 (Response::Deleted(existed), Vec::new())
             }
@@ -297,10 +378,9 @@ impl Service {
             } => {
                 let key = entry_key(&namespace, &key)?;
                 let entry = self.take_entry(meta, body, &mut bodies)?;
-                (
-                    Response::Applied(self.apply_replica(key, entry).await?),
-                    Vec::new(),
-                )
+                let applied = self.apply_replica(key.clone(), entry.clone()).await?;
+                self.forward_replica(&key, &entry).await?;
+                (Response::Applied(applied), Vec::new())
             }
             Request::ReplicateDelete {
                 namespace,
@@ -308,12 +388,9 @@ impl Service {
                 version,
             } => {
                 let key = entry_key(&namespace, &key)?;
-                let partition = self.partition(&key);
-                self.cluster.incoming.note_delete(partition, &key, version);
-                (
-                    Response::Applied(self.apply_delete(key, version).await?),
-                    Vec::new(),
-                )
+                let applied = self.apply_delete(key.clone(), version).await?;
+                self.forward_delete(&key, version).await?;
+                (Response::Applied(applied), Vec::new())
             }
             Request::ScanPartitions {
                 receiver,
@@ -321,8 +398,17 @@ impl Service {
                 after,
                 limit,
             } => {
+                // A holder that restarted or lost its lease may miss writes: not a source.
+                self.cluster.serving()?;
                 self.scan_partitions(receiver, partitions, after, limit)
                     .await?
+            }
+            Request::Lease { node } => (self.cluster.grant_lease(node)?, Vec::new()),
+            Request::ReplicaRead(_) => {
+                return Err(WireError::new(
+                    ErrorCode::Malformed,
+                    "a replica read cannot be nested",
+                ));
             }
         })
     }
@@ -410,52 +496,206 @@ impl Service {
     }
 
     /// Sends a write to the key's other replicas and to any member receiving its partition,
-    /// in parallel; fails unless every one of them acknowledged.
+    /// in parallel; see [`Service::await_copies`] for when it counts as done.
     async fn replicate(&self, key: &EntryKey, entry: &Entry) -> Outcome<()> {
-        let targets = self.cluster.write_targets(self.partition(key));
-        if targets.is_empty() {
-            return Ok(());
-        }
+        let (request, out) = self.replicate_request(key, entry);
+        self.await_copies(self.partition(key), request, out).await
+    }
+
+    /// The `Replicate` request for a write, and the bodies that follow it.
+    fn replicate_request(&self, key: &EntryKey, entry: &Entry) -> (Request, Vec<Bytes>) {
         let mut out = Vec::new();
         let mut budget = self.limits.answer_inline_budget;
         let wire = self.wire_entry(entry.clone(), &mut out, &mut budget);
-        let calls = targets.iter().map(|(id, addr)| {
-            let request = Request::Replicate {
-                namespace: key.namespace.to_string(),
-                key: key.key.to_string(),
-                meta: wire.meta.clone(),
-                body: wire.body.clone(),
-            };
-            let out = &out;
-            async move {
-                self.cluster
-                    .peers()
-                    .call(addr, self.cluster.epoch(), request, out, REPLICA_TIMEOUT)
-                    .await
-                    .map_err(|e| replica_error(*id, &e))
-            }
-        });
-        for result in futures::future::join_all(calls).await {
-            result?;
-        }
-        Ok(())
+        let request = Request::Replicate {
+            namespace: key.namespace.to_string(),
+            key: key.key.to_string(),
+            meta: wire.meta,
+            body: wire.body,
+        };
+        (request, out)
     }
 
     /// Sends a delete to the key's other replicas and incoming holders.
     async fn replicate_delete(&self, key: &EntryKey, version: Version) -> Outcome<()> {
-        let targets = self.cluster.write_targets(self.partition(key));
-        let calls = targets.iter().map(|(id, addr)| {
-            let request = Request::ReplicateDelete {
-                namespace: key.namespace.to_string(),
-                key: key.key.to_string(),
-                version,
-            };
+        let request = Request::ReplicateDelete {
+            namespace: key.namespace.to_string(),
+            key: key.key.to_string(),
+            version,
+        };
+        self.await_copies(self.partition(key), request, Vec::new())
+            .await
+    }
+
+    /// Sends `request` to every write target of `partition` at once and waits until the
+    /// write may be acknowledged: W − 1 of the other replicas (the owner holds the first
+    /// copy) and every member receiving the partition in a hand-off (its copy must be
+    /// complete when it takes over) have applied it. A target that leaves the partition's
+    /// replica set meanwhile (marked down: a new epoch) is no longer waited for. The other
+    /// sends finish in the background.
+    async fn await_copies(
+        &self,
+        partition: PartitionId,
+        request: Request,
+        bodies: Vec<Bytes>,
+    ) -> Outcome<()> {
+        use futures::StreamExt;
+        let targets = self.cluster.write_targets(partition);
+        if targets.is_empty() {
+            return Ok(());
+        }
+        let mut epochs = self.cluster.epoch_changes();
+        let mut pending = futures::stream::FuturesUnordered::new();
+        let sent: HashSet<NodeId> = targets.iter().map(|(id, _)| *id).collect();
+        for (id, addr) in targets {
+            let cluster = Arc::clone(&self.cluster);
+            let request = request.clone();
+            let bodies = bodies.clone();
+            let call = tokio::spawn(async move {
+                cluster
+                    .peers()
+                    .call(&addr, cluster.epoch(), request, &bodies, REPLICA_TIMEOUT)
+                    .await
+                    .map(|_| ())
+                    .map_err(|e| replica_error(id, &e))
+            });
+            pending.push(async move {
+                let outcome = call.await.unwrap_or_else(|e| {
+                    Err(WireError::new(
+                        ErrorCode::Internal,
+                        format!("replication task failed: {e}"),
+                    ))
+                });
+                (id, outcome)
+            });
+        }
+        let mut acked: HashSet<NodeId> = HashSet::new();
+        let mut failed: BTreeMap<NodeId, WireError> = BTreeMap::new();
+        loop {
+            // Judged against the targets of the current epoch.
+            let ring = self.cluster.ring();
+            let holders = ring.table.replicas(partition);
+            // This node's own copy counts only while it is one of the replicas.
+            let own = usize::from(holders.contains(&self.node));
+            let replicas: Vec<NodeId> = holders
+                .iter()
+                .copied()
+                .filter(|r| sent.contains(r))
+                .collect();
+            let receivers: Vec<NodeId> = self
+                .cluster
+                .forwards
+                .receivers(partition)
+                .into_iter()
+                .filter(|r| sent.contains(r) && !replicas.contains(r))
+                .collect();
+            let needed = self
+                .cluster
+                .state()
+                .write_quorum()
+                .min(holders.len())
+                .saturating_sub(own)
+                .min(replicas.len());
+            if let Some(e) = receivers.iter().find_map(|r| failed.get(r)) {
+                return Err(e.clone());
+            }
+            let replica_acks = replicas.iter().filter(|r| acked.contains(r)).count();
+            let replica_failures = replicas.iter().filter(|r| failed.contains_key(r)).count();
+            if replicas.len() - replica_failures < needed {
+                let e = replicas.iter().find_map(|r| failed.get(r));
+                return Err(e.cloned().unwrap_or_else(|| {
+                    WireError::new(ErrorCode::Unavailable, "too few replicas acknowledged")
+                }));
+            }
+            let receivers_done = receivers.iter().all(|r| acked.contains(r));
+            if receivers_done && replica_acks >= needed {
+                return Ok(());
+            }
+            if pending.is_empty() {
+                return Err(WireError::new(
+                    ErrorCode::Unavailable,
+                    "the write could not reach enough replicas",
+                ));
+            }
+            tokio::select! {
+                next = pending.next() => {
+                    if let Some((id, outcome)) = next {
+                        match outcome {
+                            Ok(()) => {
+                                acked.insert(id);
+                            }
+                            Err(e) => {
+                                failed.insert(id, e);
+                            }
+                        }
+                    }
+                }
+                _ = epochs.changed() => {}
+            }
+        }
+    }
+
+    /// Passes a write this replica received on to the members pulling its partition from
+    /// here (a hand-off whose source is not the owner): stored first, then the receivers
+    /// read, so every write is in the source's listing or forwarded.
+    async fn forward_replica(&self, key: &EntryKey, entry: &Entry) -> Outcome<()> {
+        let partition = self.partition(key);
+        if self.receivers_here(partition).is_empty() {
+            return Ok(());
+        }
+        let (request, out) = self.replicate_request(key, entry);
+        self.send_to_receivers(partition, request, &out).await
+    }
+
+    /// Like [`Service::forward_replica`], for a delete.
+    async fn forward_delete(&self, key: &EntryKey, version: Version) -> Outcome<()> {
+        let partition = self.partition(key);
+        if self.receivers_here(partition).is_empty() {
+            return Ok(());
+        }
+        let request = Request::ReplicateDelete {
+            namespace: key.namespace.to_string(),
+            key: key.key.to_string(),
+            version,
+        };
+        self.send_to_receivers(partition, request, &[]).await
+    }
+
+    /// Members still pulling `partition` from this node (not yet holders in effect).
+    fn receivers_here(&self, partition: PartitionId) -> Vec<NodeId> {
+        let ring = self.cluster.ring();
+        let holders = ring.table.replicas(partition);
+        let mut receivers = self.cluster.forwards.receivers(partition);
+        receivers.retain(|r| *r != self.node && !holders.contains(r));
+        receivers
+    }
+
+    async fn send_to_receivers(
+        &self,
+        partition: PartitionId,
+        request: Request,
+        bodies: &[Bytes],
+    ) -> Outcome<()> {
+        let ring = self.cluster.ring();
+        let calls = self.receivers_here(partition).into_iter().map(|id| {
+            let addr = ring.member(id).map(|m| m.addr.clone());
+            let request = request.clone();
             async move {
+                let Some(addr) = addr else {
+                    return Ok(());
+                };
                 self.cluster
                     .peers()
-                    .call(addr, self.cluster.epoch(), request, &[], REPLICA_TIMEOUT)
+                    .call(
+                        &addr,
+                        self.cluster.epoch(),
+                        request,
+                        bodies,
+                        REPLICA_TIMEOUT,
+                    )
                     .await
-                    .map_err(|e| replica_error(*id, &e))
+                    .map(|_| ())
+                    .map_err(|e| replica_error(id, &e))
             }
         });
         for result in futures::future::join_all(calls).await {
@@ -464,12 +704,30 @@ impl Service {
         Ok(())
     }
 
-    /// Stores an entry written elsewhere if it is newer than what this node holds.
+    /// Records a delete's tombstone.
+    fn record_tombstone(&self, key: &EntryKey, version: Version) -> Outcome<()> {
+        self.tombstones
+            .record(key, version, self.clock.now())
+            .map(|_| ())
+            .map_err(|e| {
+                WireError::new(
+                    ErrorCode::Internal,
+                    format!("could not record a tombstone: {e}"),
+                )
+            })
+    }
+
+    /// Stores an entry written elsewhere if it is newer than what this node holds and than
+    /// any delete of the key it knows of.
     pub async fn apply_replica(&self, key: EntryKey, entry: Entry) -> Outcome<bool> {
         let _ = self
             .hlc
             .lock()
             .observe(entry.meta.version, self.clock.now().as_millis());
+        let _guard = self.lock_key(&key).await;
+        if self.tombstones.covers(&key, entry.meta.version) {
+            return Ok(false);
+        }
         if let Some(held) = self.metadata(key.clone()).await?
             && held.version >= entry.meta.version
         {
@@ -497,8 +755,15 @@ impl Service {
         Ok(true)
     }
 
-    /// Deletes a key for a delete issued elsewhere, unless a newer write is held.
+    /// Deletes a key for a delete issued elsewhere, unless a newer write is held; the
+    /// tombstone is kept either way (it stops older writes arriving later).
     pub async fn apply_delete(&self, key: EntryKey, version: Version) -> Outcome<bool> {
+        let _ = self
+            .hlc
+            .lock()
+            .observe(version, self.clock.now().as_millis());
+        let _guard = self.lock_key(&key).await;
+        self.record_tombstone(&key, version)?;
         if let Some(held) = self.metadata(key.clone()).await?
             && held.version > version
         {
@@ -507,10 +772,25 @@ impl Service {
         self.delete(key).await
     }
 
+    /// Applies the tombstones a transfer source sent: each is recorded, and deletes what
+    /// this node holds of the key if older.
+    pub async fn apply_tombstones(
+        &self,
+        tombstones: Vec<(String, String, Version)>,
+    ) -> Outcome<u64> {
+        let mut removed = 0;
+        for (namespace, key, version) in tombstones {
+            let key = entry_key(&namespace, &key)?;
+            if self.apply_delete(key, version).await? {
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
     /// Applies one entry of a partition transfer (skipping keys deleted meanwhile).
     pub async fn apply_transferred(
         &self,
-        incoming: &Incoming,
         namespace: &str,
         key: &str,
         entry: WireEntry,
@@ -518,7 +798,8 @@ impl Service {
     ) -> Outcome<bool> {
         let key = entry_key(namespace, key)?;
         let entry = self.take_entry(entry.meta, entry.body, bodies)?;
-        if incoming.deleted_since(&key, entry.meta.version) || entry.is_expired(self.clock.now()) {
+        // A key deleted meanwhile is refused by its tombstone in `apply_replica`.
+        if entry.is_expired(self.clock.now()) {
             return Ok(false);
         }
         self.apply_replica(key, entry).await
@@ -566,6 +847,7 @@ impl Service {
         dropped: &HashSet<PartitionId>,
     ) -> Outcome<u64> {
         let keys = self.keys_in(partitions, dropped).await?;
+        self.tombstones.drop_partitions(partitions, dropped);
         let mut n = 0;
         for key in keys {
             if self.delete(key).await? {
@@ -656,7 +938,23 @@ impl Service {
         } else {
             None
         };
-        Ok((Response::Scanned { entries, next }, out))
+        let tombstones = if after.is_none() {
+            self.tombstones
+                .in_partitions(count, &wanted)
+                .into_iter()
+                .map(|(k, v)| (k.namespace.to_string(), k.key.to_string(), v))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        Ok((
+            Response::Scanned {
+                entries,
+                next,
+                tombstones,
+            },
+            out,
+        ))
     }
 
     /// Stamps a value with this node's clock: creation time, expiry and version.
@@ -691,6 +989,7 @@ impl Service {
     /// Stores a value: in write-back mode once it is in memory and pending (the writer of its
     /// key flushes it), otherwise once the writer has put it in every tier.
     async fn write(&self, key: EntryKey, value: Value, ttl_ms: Option<u64>) -> Outcome<Entry> {
+        let _guard = self.lock_key(&key).await;
         let Some(pending) = &self.pending else {
             let entry = self.stamp(value, ttl_ms);
             self.writers.put(key, entry.clone()).await?;

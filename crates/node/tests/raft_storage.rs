@@ -98,6 +98,7 @@ fn sample_entries() -> Vec<Entry<TypeConfig>> {
             EntryPayload::Normal(Command::Init {
                 params: params(),
                 member: member(1),
+                write_quorum: 0,
             }),
         ),
     ];
@@ -528,6 +529,7 @@ async fn single_node_raft_restarts_from_its_directory() {
     let init = Command::Init {
         params: params(),
         member: member(1),
+        write_quorum: 0,
     };
     assert_eq!(
         write(&r, init).await,

@@ -349,6 +349,16 @@ pub enum Request {
         /// Most entries in this page.
         limit: u32,
     },
+    /// Ask the Raft leader for an ownership lease (every heartbeat). Peers only.
+    Lease {
+        /// The member that asks.
+        node: NodeId,
+    },
+    /// A read (`Get`, `GetMany`, `Exists` or `Metadata`) sent to a replica of the key
+    /// because its owner could not be reached. The replica answers only when it cannot be
+    /// stale (every acknowledged write is on every replica, and it holds a valid lease at
+    /// the current epoch); otherwise it answers with an error or a redirect.
+    ReplicaRead(Box<Request>),
 }
 
 /// The Raft RPCs carried by [`Request::Raft`].
@@ -385,6 +395,8 @@ impl Request {
             Request::Replicate { .. } => "replicate",
             Request::ReplicateDelete { .. } => "replicate_delete",
             Request::ScanPartitions { .. } => "scan_partitions",
+            Request::Lease { .. } => "lease",
+            Request::ReplicaRead(inner) => inner.kind(),
         }
     }
 
@@ -465,6 +477,20 @@ pub enum Response {
         entries: Vec<(String, String, WireEntry)>,
         /// Pass as `after` for the next page; none at the end.
         next: Option<(String, String)>,
+        /// On the first page: the tombstones (deletes within the grace period) of the
+        /// partitions, as namespace, key and the delete's version.
+        tombstones: Vec<(String, String, Version)>,
+    },
+    /// Answer to [`Request::Lease`].
+    Lease {
+        /// The leader's Raft term.
+        term: u64,
+        /// The ring epoch the leader has applied: the lease is valid only once the member has
+        /// applied it too.
+        epoch: u64,
+        /// How long the lease lasts, counted from when the member sent the request; 0 when the
+        /// leader cannot grant one (it has no majority, or does not know the member).
+        granted_ms: u64,
     },
     /// The request failed.
     Error(WireError),
@@ -500,6 +526,7 @@ impl Response {
             Response::Raft(_) => "Raft",
             Response::Applied(_) => "Applied",
             Response::Scanned { .. } => "Scanned",
+            Response::Lease { .. } => "Lease",
             Response::Error(_) => "Error",
         }
     }

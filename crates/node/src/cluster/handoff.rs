@@ -3,12 +3,15 @@
 //! ```text
 //!   new holder (gaining p)                    current holder (owner of p)
 //!   ──────────────────────                    ───────────────────────────
-//!   drop any stale local copy of p
+//!   (drop its local copy of p only if it was
+//!    down longer than the tombstone grace)
 //!   ScanPartitions{p, after: none} ────────▶  register "forward writes of p to new holder"
 //!                                             list the keys of p (one listing per session)
-//!              ◀──────────────────────────── page of entries (+ streamed bodies)
-//!   apply each entry if newer (skip keys
-//!   deleted meanwhile), throttled
+//!              ◀──────────────────────────── page of entries (+ streamed bodies);
+//!                                             the first page carries p's tombstones
+//!   apply tombstones, then each entry if
+//!   newer than held and than any tombstone
+//!   (skip keys deleted meanwhile), throttled
 //!   ... more pages ...                        every write to p meanwhile is also sent to
 //!                                             the new holder before it is acknowledged
 //!   propose PartitionsSynced{p} ──▶ Raft ──▶  epoch e+1: table[p] = target[p]; requests
@@ -16,9 +19,9 @@
 //! ```
 //!
 //! Forwarding starts before the listing, so every write is either in the listing or
-//! forwarded (or both: applying by version makes that harmless). Deletes that reach a new
-//! holder while it is still receiving leave a transfer tombstone, so an older copy of the
-//! key arriving later in a page is not brought back.
+//! forwarded (or both: applying by version makes that harmless). A delete that reaches a new
+//! holder while it is still receiving leaves a tombstone there (as every delete does), so an
+//! older copy of the key arriving later in a page is not brought back.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -28,7 +31,7 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 use strata_proto::ring::PartitionId;
 use strata_proto::wire::{Request, Response};
-use strata_proto::{EntryKey, NodeId, Version};
+use strata_proto::{EntryKey, NodeId};
 
 use super::Cluster;
 use crate::raft::{ClusterState, Command};
@@ -89,61 +92,34 @@ impl Forwards {
         keys
     }
 
-    /// Drops forwards whose hand-off is over (the receiver holds the partition in the table
-    /// in effect, or is no longer meant to), and the sessions of receivers with nothing left
-    /// to receive.
+    /// Drops forwards to members that no longer hold or receive the partition, and the
+    /// sessions of receivers whose hand-off is over.
+    ///
+    /// A receiver that now holds the partition in the table in effect keeps getting
+    /// forwarded writes: a write this node accepted just before it learned of the switch
+    /// (routed by the old ring) must still reach the new holder, and an extra copy to a
+    /// replica is harmless.
     pub fn prune(&self, state: &ClusterState) {
         let mut map = self.receivers.lock();
         map.retain(|p, receivers| {
             receivers.retain(|r| {
-                state.target.replicas(*p).contains(r) && !state.table.replicas(*p).contains(r)
+                state.target.replicas(*p).contains(r) || state.table.replicas(*p).contains(r)
             });
             !receivers.is_empty()
         });
-        let active: HashSet<NodeId> = map.values().flatten().copied().collect();
-        self.sessions.lock().retain(|(r, _), _| active.contains(r));
-    }
-}
-
-/// Receiver side: partitions being received and the deletes seen meanwhile.
-#[derive(Default)]
-pub struct Incoming {
-    receiving: Mutex<HashSet<PartitionId>>,
-    tombstones: Mutex<HashMap<EntryKey, (PartitionId, Version)>>,
-}
-
-impl Incoming {
-    fn begin(&self, partitions: &[PartitionId]) {
-        self.receiving.lock().extend(partitions.iter().copied());
-    }
-
-    /// Forgets partitions that are no longer being received, with their tombstones.
-    pub fn settle(&self, still_receiving: &HashSet<PartitionId>) {
-        self.receiving
+        let receiving: HashSet<NodeId> = map
+            .iter()
+            .flat_map(|(p, receivers)| {
+                receivers
+                    .iter()
+                    .filter(|r| !state.table.replicas(*p).contains(r))
+                    .copied()
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        self.sessions
             .lock()
-            .retain(|p| still_receiving.contains(p));
-        self.tombstones
-            .lock()
-            .retain(|_, (p, _)| still_receiving.contains(p));
-    }
-
-    /// Records a delete of `key` at `version` if its partition is being received.
-    pub fn note_delete(&self, partition: PartitionId, key: &EntryKey, version: Version) {
-        if self.receiving.lock().contains(&partition) {
-            let mut tombstones = self.tombstones.lock();
-            let slot = tombstones
-                .entry(key.clone())
-                .or_insert((partition, version));
-            slot.1 = slot.1.max(version);
-        }
-    }
-
-    /// Whether `key` was deleted at a version at least `version` during the transfer.
-    pub fn deleted_since(&self, key: &EntryKey, version: Version) -> bool {
-        self.tombstones
-            .lock()
-            .get(key)
-            .is_some_and(|(_, deleted)| *deleted >= version)
+            .retain(|(r, _), _| receiving.contains(r));
     }
 }
 
@@ -156,8 +132,19 @@ pub struct Moved {
     pub bytes: u64,
 }
 
-/// Pulls `partitions` from the member `source` into this node, then reports them synced
-/// through Raft.
+/// Whether this node was marked down longer ago than tombstones are kept.
+fn must_discard(cluster: &Cluster, grace: Duration) -> bool {
+    let now = strata_proto::Timestamp::now().as_millis();
+    cluster
+        .state()
+        .down_since
+        .get(&cluster.id())
+        .is_some_and(|&at| Duration::from_millis(now.saturating_sub(at)) > grace)
+}
+
+/// Pulls `partitions` from the member `source` into this node — a merge by version with
+/// what it already holds, in which the source's tombstones win over older copies — then
+/// reports them synced through Raft.
 pub async fn pull(
     cluster: Arc<Cluster>,
     service: Arc<Service>,
@@ -177,12 +164,19 @@ pub async fn pull(
     if partitions.is_empty() {
         return Ok(Moved::default());
     }
-    cluster.incoming.begin(&partitions);
+    // After any drop of local copies decided earlier (it re-checks what is still held).
+    drop(cluster.drops.lock().await);
     let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
-    // Copies this node kept from an earlier time it held these partitions may miss deletes.
-    let dropped = service.drop_partitions(params.partitions, &wanted).await?;
-    if dropped > 0 {
-        tracing::info!(dropped, "dropped stale local copies before a transfer");
+    if must_discard(&cluster, service.tombstones().grace()) {
+        // Down longer than tombstones are kept: deletes it missed may be forgotten by now,
+        // so its old copies cannot be merged safely.
+        let dropped = service.drop_partitions(params.partitions, &wanted).await?;
+        if dropped > 0 {
+            tracing::info!(
+                dropped,
+                "dropped local copies older than the tombstone grace period"
+            );
+        }
     }
     let started = Instant::now();
     let mut moved = Moved::default();
@@ -198,18 +192,25 @@ pub async fn pull(
             .peers()
             .call(&source.1, cluster.epoch(), request, &[], PAGE_TIMEOUT)
             .await?;
-        let Response::Scanned { entries, next } = response else {
+        let Response::Scanned {
+            entries,
+            next,
+            tombstones,
+        } = response
+        else {
             anyhow::bail!(
                 "member {} answered a partition scan with {}",
                 source.0,
                 response.kind()
             );
         };
+        // Deletes first: older copies held here, or arriving in this page, lose to them.
+        service.apply_tombstones(tombstones).await?;
         let mut bodies = bodies.into_iter();
         for (namespace, key, entry) in entries {
             moved.bytes += entry.body.len();
             if service
-                .apply_transferred(&cluster.incoming, &namespace, &key, entry, &mut bodies)
+                .apply_transferred(&namespace, &key, entry, &mut bodies)
                 .await?
             {
                 moved.entries += 1;

@@ -28,6 +28,8 @@ use crate::service::Service;
 const PARALLEL_TRANSFERS: usize = 2;
 /// How long a node that left waits to be removed from Raft's voters before it stops anyway.
 const LEAVE_VOTER_GRACE: Duration = Duration::from_secs(15);
+/// Failed attempts on a partition's owner before a transfer asks another holder.
+const OWNER_ATTEMPTS: usize = 5;
 /// Pause before a failed transfer is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -211,9 +213,6 @@ fn on_change(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState) {
     let gaining: Vec<PartitionId> = state.gaining(me);
     let receiving: HashSet<PartitionId> = gaining.iter().copied().collect();
     st.reported.retain(|p| receiving.contains(p));
-    cluster
-        .incoming
-        .settle(&receiving.union(&st.in_progress).copied().collect());
     start_transfers(myself, st, &state, gaining);
     drop_released(st, &state);
 
@@ -274,8 +273,17 @@ fn start_transfers(
                         .is_some_and(|m| m.state != MemberState::Down)
             })
             .collect();
+        if holders.is_empty() && !state.table.replicas(p).iter().all(|id| *id == me) {
+            // Every holder is down: the data exists only on them. Wait for one to return
+            // rather than take the partition over empty.
+            continue;
+        }
         let attempt = st.failures.get(&p).copied().unwrap_or(0);
-        let source = (!holders.is_empty()).then(|| holders[attempt % holders.len()]);
+        // The owner first: it sees every write, whatever W is. Other holders only after
+        // repeated failures (they forward the writes they receive, which with W < R may not
+        // be all of them).
+        let pick = if attempt < OWNER_ATTEMPTS { 0 } else { attempt };
+        let source = (!holders.is_empty()).then(|| holders[pick % holders.len()]);
         match source.and_then(|id| state.members.get(&id)) {
             Some(m) => by_source.entry((m.id, m.addr.clone())).or_default().push(p),
             None => empty.push(p),
@@ -347,7 +355,19 @@ fn drop_released(st: &mut MembershipState, state: &ClusterState) {
         let released: HashSet<PartitionId> = before.difference(&now).copied().collect();
         if !released.is_empty() {
             let service = Arc::clone(&st.service);
+            let cluster = Arc::clone(&st.cluster);
             tokio::spawn(async move {
+                // Decided on an earlier state: keep whatever this node holds again by now.
+                let _dropping = cluster.drops.lock().await;
+                let current = cluster.state();
+                let mut released = released;
+                released.retain(|p| {
+                    !current.table.replicas(*p).contains(&me)
+                        && !current.target.replicas(*p).contains(&me)
+                });
+                if released.is_empty() {
+                    return;
+                }
                 match service.drop_partitions(partitions, &released).await {
                     Ok(n) => tracing::info!(
                         partitions = released.len(),

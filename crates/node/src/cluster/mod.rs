@@ -21,6 +21,7 @@
 //! still goes to the old owner, which forwards each write to the incoming holders as well.
 
 pub mod handoff;
+pub mod lease;
 pub mod membership;
 pub mod network;
 pub mod peers;
@@ -39,7 +40,8 @@ use strata_proto::wire::{ErrorCode, RaftRpc, Request, Response, WireError};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use self::handoff::{Forwards, Incoming};
+use self::handoff::Forwards;
+use self::lease::Leases;
 use self::network::{decode, encode};
 use self::peers::Peers;
 use crate::config::ClusterConfig;
@@ -75,11 +77,15 @@ pub struct Cluster {
     ring: RwLock<Arc<Ring>>,
     epoch: watch::Sender<u64>,
     pub(crate) forwards: Forwards,
-    pub(crate) incoming: Incoming,
     /// Cancelled once this node has left the cluster (it is no longer a member).
     left: CancellationToken,
     /// Members being added: already Raft learners, not yet in the state machine.
     joining: parking_lot::Mutex<std::collections::HashSet<u64>>,
+    /// This node's ownership lease and, on the leader, failure detection.
+    pub(crate) leases: Leases,
+    /// Held while local copies of partitions are dropped; a transfer waits for it before it
+    /// starts, so a drop decided earlier never deletes data a transfer has just brought.
+    pub(crate) drops: tokio::sync::Mutex<()>,
 }
 
 impl Cluster {
@@ -96,20 +102,24 @@ impl Cluster {
             ring: RwLock::new(ring),
             epoch: watch::Sender::new(0),
             forwards: Forwards::default(),
-            incoming: Incoming::default(),
             left: CancellationToken::new(),
             joining: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            leases: Leases::new(1, 2, false),
+            drops: tokio::sync::Mutex::new(()),
         }
     }
 
-    /// A member of a Raft-managed cluster.
+    /// A member of a Raft-managed cluster; `restarted` if it came back with its Raft state
+    /// (it answers for nothing until the cluster has taken it back).
     pub fn clustered(
         me: Member,
         config: ClusterConfig,
         peers: Arc<Peers>,
         raft: Raft<TypeConfig>,
         state: watch::Receiver<Arc<ClusterState>>,
+        restarted: bool,
     ) -> Self {
+        let leases = Leases::new(config.lease_ms, config.failure_timeout_ms, restarted);
         let current = Arc::clone(&state.borrow());
         let ring = Arc::new(current.ring(None));
         Self {
@@ -121,9 +131,10 @@ impl Cluster {
             state,
             ring: RwLock::new(ring),
             forwards: Forwards::default(),
-            incoming: Incoming::default(),
             left: CancellationToken::new(),
             joining: parking_lot::Mutex::new(std::collections::HashSet::new()),
+            leases,
+            drops: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -177,6 +188,11 @@ impl Cluster {
         *self.epoch.borrow()
     }
 
+    /// A receiver that sees every new epoch this node applies.
+    pub fn epoch_changes(&self) -> watch::Receiver<u64> {
+        self.epoch.subscribe()
+    }
+
     /// Publishes a new ring (from the membership actor).
     pub(crate) fn publish(&self, ring: Ring) {
         let epoch = ring.epoch;
@@ -204,6 +220,26 @@ impl Cluster {
         let mut rx = self.epoch.subscribe();
         let wait = Duration::from_millis(self.config.epoch_wait_ms);
         let _ = tokio::time::timeout(wait, rx.wait_for(|e| *e >= epoch)).await;
+    }
+
+    /// Waits (up to `limit`) until this node has applied `epoch`.
+    pub async fn wait_for_epoch(&self, epoch: u64, limit: Duration) {
+        let mut rx = self.epoch.subscribe();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|e| *e >= epoch)).await;
+    }
+
+    /// The QUIC address of a member (from the state machine, else Raft's membership).
+    pub fn member_addr(&self, node: NodeId) -> Option<String> {
+        if let Some(m) = self.state().members.get(&node) {
+            return Some(m.addr.clone());
+        }
+        let raft = self.raft.as_ref()?;
+        let metrics = raft.metrics().borrow().clone();
+        metrics
+            .membership_config
+            .membership()
+            .get_node(&node.0)
+            .map(|n| n.addr.clone())
     }
 
     /// The partition of a key, if this node owns it; otherwise the ring to redirect by.

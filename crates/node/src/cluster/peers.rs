@@ -1,5 +1,8 @@
-//! Links to the other members: one kept QUIC connection per peer, made from this node's own
-//! endpoint with its node certificate (mutual TLS, like clients), reconnected lazily.
+//! Links to the other members: two kept QUIC connections per peer — one for the control
+//! plane (Raft, leases, membership), one for data (replication, forwarding, hand-off pages)
+//! — made from this node's own endpoint with its node certificate (mutual TLS, like
+//! clients), reconnected lazily. Keeping them apart means a burst of replicated writes, which
+//! can fill a connection's stream budget, never delays a lease renewal or a Raft heartbeat.
 //!
 //! Every exchange is one attempt of one request; callers (Raft's replication loop, the
 //! hand-off, write forwarding) decide about retries.
@@ -24,8 +27,28 @@ pub struct Peers {
     endpoint: Endpoint,
     quic: quinn::ClientConfig,
     base: ClientConfig,
-    links: Mutex<HashMap<String, Arc<NodeConnection>>>,
+    links: Mutex<HashMap<(String, Plane), Arc<NodeConnection>>>,
     next_id: AtomicU64,
+}
+
+/// Which connection to a peer a request travels on.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+enum Plane {
+    Control,
+    Data,
+}
+
+fn plane_of(request: &Request) -> Plane {
+    match request {
+        Request::Raft { .. }
+        | Request::Lease { .. }
+        | Request::Propose(_)
+        | Request::Join { .. }
+        | Request::Leave { .. }
+        | Request::Ring
+        | Request::Ping => Plane::Control,
+        _ => Plane::Data,
+    }
 }
 
 impl Peers {
@@ -41,9 +64,10 @@ impl Peers {
         }
     }
 
-    /// The link to the peer at `addr` (`HOST:PORT`), made on first use.
-    async fn link(&self, addr: &str) -> Result<Arc<NodeConnection>, PeerError> {
-        if let Some(link) = self.links.lock().get(addr) {
+    /// The link to the peer at `addr` (`HOST:PORT`) for `plane`, made on first use.
+    async fn link(&self, addr: &str, plane: Plane) -> Result<Arc<NodeConnection>, PeerError> {
+        let id = (addr.to_owned(), plane);
+        if let Some(link) = self.links.lock().get(&id) {
             return Ok(Arc::clone(link));
         }
         let remote = connection::resolve(addr).await?;
@@ -55,9 +79,7 @@ impl Peers {
             self.endpoint.clone(),
             self.quic.clone(),
         )?);
-        Ok(Arc::clone(
-            self.links.lock().entry(addr.to_owned()).or_insert(link),
-        ))
+        Ok(Arc::clone(self.links.lock().entry(id).or_insert(link)))
     }
 
     /// Sends `request` to the peer at `addr` once, bounded by `timeout`. An error answer
@@ -70,20 +92,15 @@ impl Peers {
         bodies: &[Bytes],
         timeout: Duration,
     ) -> Result<(Response, Vec<Bytes>), PeerError> {
-        let link = self.link(addr).await?;
+        let link = self.link(addr, plane_of(&request)).await?;
         let frame = RequestFrame {
             id: self.next_id.fetch_add(1, Ordering::Relaxed),
             epoch,
             request,
         };
         let kind = frame.request.kind();
-        let answer = tokio::time::timeout(timeout, link.exchange(&frame, bodies))
-            .await
-            .map_err(|_| PeerError::Timeout {
-                what: format!("{kind} request to peer {addr}"),
-                after: timeout,
-            })??;
-        let (answer, bodies) = answer;
+        // Bounded inside, so that a peer that went silent has its connection dropped.
+        let (answer, bodies) = link.exchange_within(&frame, bodies, timeout).await?;
         match answer.response {
             Response::Error(e) => Err(PeerError::from(e)),
             response => {
@@ -95,8 +112,11 @@ impl Peers {
 
     /// Forgets the link to `addr` (the member left).
     pub fn forget(&self, addr: &str) {
-        if let Some(link) = self.links.lock().remove(addr) {
-            link.close();
+        let mut links = self.links.lock();
+        for plane in [Plane::Control, Plane::Data] {
+            if let Some(link) = links.remove(&(addr.to_owned(), plane)) {
+                link.close();
+            }
         }
     }
 }

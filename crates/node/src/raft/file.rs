@@ -13,19 +13,19 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 /// Length of a frame header.
-pub(super) const HEADER: usize = 8;
+pub(crate) const HEADER: usize = 8;
 /// Length of a file magic.
-pub(super) const MAGIC_LEN: usize = 8;
+pub(crate) const MAGIC_LEN: usize = 8;
 /// Largest payload a frame may carry (a sanity bound against garbage lengths).
-pub(super) const MAX_PAYLOAD: usize = 64 << 20;
+pub(crate) const MAX_PAYLOAD: usize = 64 << 20;
 
 /// The checksum of a frame with this length field and payload.
-pub(super) fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
+pub(crate) fn frame_crc(len: [u8; 4], payload: &[u8]) -> u32 {
     crc32c::crc32c_append(crc32c::crc32c(&len), payload)
 }
 
 /// Appends one frame carrying `payload` to `out`.
-pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
+pub(crate) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
     if payload.len() > MAX_PAYLOAD {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -45,7 +45,7 @@ pub(super) fn push_frame(out: &mut Vec<u8>, payload: &[u8]) -> io::Result<()> {
 }
 
 /// What is found at an offset of a file of frames.
-pub(super) enum Frame<'a> {
+pub(crate) enum Frame<'a> {
     /// A frame whose checksum matches: its payload, and the offset after it.
     Ok(&'a [u8], usize),
     /// The end of the data, exactly at a frame boundary.
@@ -55,7 +55,7 @@ pub(super) enum Frame<'a> {
 }
 
 /// Reads the frame at `pos` of `data`.
-pub(super) fn read_frame(data: &[u8], pos: usize) -> Frame<'_> {
+pub(crate) fn read_frame(data: &[u8], pos: usize) -> Frame<'_> {
     let Some(rest) = data.get(pos..) else {
         return Frame::Bad(format!("offset {pos} is past the end"));
     };
@@ -85,7 +85,7 @@ pub(super) fn read_frame(data: &[u8], pos: usize) -> Frame<'_> {
 }
 
 /// An `InvalidData` error naming the file.
-pub(super) fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
+pub(crate) fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
     io::Error::new(
         io::ErrorKind::InvalidData,
         format!("{}: {what}", path.display()),
@@ -93,7 +93,7 @@ pub(super) fn corrupt(path: &Path, what: impl std::fmt::Display) -> io::Error {
 }
 
 /// Checks the magic at the start of `data`.
-pub(super) fn check_magic(path: &Path, data: &[u8], magic: &[u8; MAGIC_LEN]) -> io::Result<()> {
+pub(crate) fn check_magic(path: &Path, data: &[u8], magic: &[u8; MAGIC_LEN]) -> io::Result<()> {
     match data.get(..MAGIC_LEN) {
         Some(m) if m == magic => Ok(()),
         _ => Err(corrupt(
@@ -107,17 +107,17 @@ pub(super) fn check_magic(path: &Path, data: &[u8], magic: &[u8; MAGIC_LEN]) -> 
 }
 
 /// Encodes with postcard.
-pub(super) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
+pub(crate) fn encode<T: Serialize>(value: &T) -> io::Result<Vec<u8>> {
     postcard::to_stdvec(value).map_err(io::Error::other)
 }
 
 /// Decodes with postcard; a failure is an `InvalidData` error naming `path`.
-pub(super) fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> io::Result<T> {
+pub(crate) fn decode<T: DeserializeOwned>(path: &Path, bytes: &[u8]) -> io::Result<T> {
     postcard::from_bytes(bytes).map_err(|e| corrupt(path, format!("undecodable record: {e}")))
 }
 
 /// Makes the directory entries of `dir` (creations, renames) durable.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
+pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     #[cfg(unix)]
     File::open(dir)?.sync_all()?;
     #[cfg(not(unix))]
@@ -127,7 +127,7 @@ pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
 
 /// Replaces `dir/name` atomically with `magic` followed by `frames` (already framed):
 /// write `name.tmp`, fsync, rename over `name`, fsync the directory.
-pub(super) fn replace(
+pub(crate) fn replace(
     dir: &Path,
     name: &str,
     magic: &[u8; MAGIC_LEN],
@@ -145,7 +145,7 @@ pub(super) fn replace(
 }
 
 /// Replaces `dir/name` atomically with a file holding one frame carrying `payload`.
-pub(super) fn write_single(
+pub(crate) fn write_single(
     dir: &Path,
     name: &str,
     magic: &[u8; MAGIC_LEN],
@@ -159,7 +159,7 @@ pub(super) fn write_single(
 /// Reads a file written by [`write_single`]: `None` if it does not exist, its payload if it
 /// is intact, an `InvalidData` error otherwise (such files are replaced atomically, so any
 /// damage is corruption, never a torn write).
-pub(super) fn read_single(
+pub(crate) fn read_single(
     dir: &Path,
     name: &str,
     magic: &[u8; MAGIC_LEN],
@@ -180,7 +180,7 @@ pub(super) fn read_single(
 }
 
 /// Runs blocking file I/O on tokio's blocking pool and waits for it.
-pub(super) async fn blocking<T, F>(f: F) -> io::Result<T>
+pub(crate) async fn blocking<T, F>(f: F) -> io::Result<T>
 where
     T: Send + 'static,
     F: FnOnce() -> io::Result<T> + Send + 'static,
@@ -191,7 +191,7 @@ where
 }
 
 /// Removes a leftover `name.tmp` of an interrupted [`replace`].
-pub(super) fn remove_tmp(dir: &Path, name: &str) -> io::Result<()> {
+pub(crate) fn remove_tmp(dir: &Path, name: &str) -> io::Result<()> {
     match fs::remove_file(dir.join(format!("{name}.tmp"))) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
         _ => Ok(()),

@@ -36,7 +36,7 @@
 //! is corruption and opening fails with `InvalidData`, as does any damage to the atomically
 //! replaced files — no acknowledged entry is silently dropped.
 
-mod file;
+pub(crate) mod file;
 mod log_store;
 mod state;
 mod state_machine;

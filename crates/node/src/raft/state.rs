@@ -38,6 +38,15 @@ pub struct ClusterState {
     pub target: PartitionTable,
     /// Moving partitions: the new holders that already hold the data.
     pub synced: BTreeMap<PartitionId, BTreeSet<NodeId>>,
+    /// Copies of a write the owner waits for before acknowledging it (W of R, counting its
+    /// own); 0 means all R. Fixed by [`Command::Init`].
+    #[serde(default)]
+    pub write_quorum: u32,
+    /// When each member currently `Down` was marked down (ms since the Unix epoch, the
+    /// leader's clock): a member down longer than the tombstone grace period must discard its
+    /// data instead of merging it.
+    #[serde(default)]
+    pub down_since: BTreeMap<NodeId, u64>,
 }
 
 /// A change to the cluster state, proposed through Raft.
@@ -50,6 +59,8 @@ pub enum Command {
         params: RingParams,
         /// The bootstrapping member (its state is forced to `Active`).
         member: Member,
+        /// W: copies a write needs before it is acknowledged (0 = all R).
+        write_quorum: u32,
     },
     /// Idempotent. A new id becomes `Joining`. For an id already present the addresses are
     /// updated; a `Leaving` or `Down` member becomes `Joining` again, an `Active` or `Joining`
@@ -63,9 +74,22 @@ pub enum Command {
         /// The member that leaves.
         node: NodeId,
     },
-    /// Marks a member `Down` (no-op if absent or already `Down`).
+    /// Marks a member `Down` (no-op if absent or already `Down`): it leaves every replica
+    /// set in effect at once (the next replica of each of its partitions becomes the
+    /// owner), and placement looks for new replicas among the others. Proposed by the leader
+    /// only after the member's ownership lease has run out.
     MarkDown {
         /// The member that is down.
+        node: NodeId,
+        /// When (ms since the Unix epoch, the leader's clock).
+        at_ms: u64,
+    },
+    /// A member restarted and may have lost writes it acknowledged from memory: like
+    /// [`Command::MarkDown`] it leaves every replica set in effect, and it becomes `Joining`
+    /// (a `Leaving` member stays `Leaving`), so it owns nothing again until it has synced
+    /// each partition placement gives it from the current holders.
+    Restarted {
+        /// The member that restarted.
         node: NodeId,
     },
     /// `node` now holds the data of these partitions for the target table (hand-off progress).
@@ -104,8 +128,13 @@ impl ClusterState {
     /// Applies one command. Deterministic: the same commands in the same order give the same
     /// state on every node.
     pub fn apply(&mut self, cmd: &Command) -> CommandResponse {
-        if let Command::Init { params, member } = cmd {
-            return self.init(params, member);
+        if let Command::Init {
+            params,
+            member,
+            write_quorum,
+        } = cmd
+        {
+            return self.init(params, member, *write_quorum);
         }
         if !self.is_initialized() {
             return rejected("the cluster is not initialized");
@@ -124,8 +153,19 @@ impl ClusterState {
                     self.replan();
                 }
             }
-            Command::MarkDown { node } => {
+            Command::MarkDown { node, at_ms } => {
                 if self.set_state(*node, MemberState::Down) {
+                    self.down_since.insert(*node, *at_ms);
+                    self.step_down(*node);
+                    self.replan();
+                }
+            }
+            Command::Restarted { node } => {
+                if let Some(m) = self.members.get_mut(node) {
+                    if m.state != MemberState::Leaving {
+                        m.state = MemberState::Joining;
+                    }
+                    self.step_down(*node);
                     self.replan();
                 }
             }
@@ -135,6 +175,12 @@ impl ClusterState {
         }
         self.settle_partitions();
         self.settle_members();
+        let members = &self.members;
+        self.down_since.retain(|id, _| {
+            members
+                .get(id)
+                .is_some_and(|m| matches!(m.state, MemberState::Down | MemberState::Joining))
+        });
         let changed = self.members != members_before || self.table != table_before;
         if changed {
             self.epoch += 1;
@@ -185,9 +231,37 @@ impl ClusterState {
         self.table == self.target && self.synced.is_empty()
     }
 
-    fn init(&mut self, params: &RingParams, member: &Member) -> CommandResponse {
+    /// The number of copies (the owner's included) a write needs before it is acknowledged.
+    pub fn write_quorum(&self) -> usize {
+        let r = self.params.replication.max(1);
+        let w = if self.write_quorum == 0 {
+            r
+        } else {
+            self.write_quorum.min(r)
+        };
+        w as usize
+    }
+
+    /// Whether every acknowledged write is on every replica (W = R), so that any replica in
+    /// effect may answer a read.
+    pub fn replicas_are_current(&self) -> bool {
+        self.write_quorum() >= self.params.replication.max(1) as usize
+    }
+
+    /// Removes `node` from every replica set in effect (a set it is alone in keeps it: no
+    /// one else has the data), and forgets its hand-off progress.
+    fn step_down(&mut self, node: NodeId) {
+        self.table = self.table.without(&[node]);
+        for synced in self.synced.values_mut() {
+            synced.remove(&node);
+        }
+        self.synced.retain(|_, s| !s.is_empty());
+    }
+
+    fn init(&mut self, params: &RingParams, member: &Member, write_quorum: u32) -> CommandResponse {
         if self.is_initialized() {
             let same = self.params == *params
+                && self.write_quorum == write_quorum
                 && self
                     .members
                     .get(&member.id)
@@ -216,6 +290,8 @@ impl ClusterState {
             target: table.clone(),
             table,
             synced: BTreeMap::new(),
+            write_quorum,
+            down_since: BTreeMap::new(),
         };
         CommandResponse::Applied {
             epoch: self.epoch,
@@ -272,7 +348,8 @@ impl ClusterState {
         self.target = if takers.is_empty() {
             self.table.clone()
         } else {
-            PartitionTable::place(&self.params, &takers)
+            // From the current plan: only what the change requires moves.
+            PartitionTable::rebalance(&self.params, &self.target, &takers)
         };
     }
 
@@ -382,6 +459,7 @@ mod tests {
         let r = s.apply(&Command::Init {
             params: params(),
             member: member(1),
+            write_quorum: 0,
         });
         assert_eq!(
             r,
@@ -420,7 +498,10 @@ mod tests {
         for cmd in [
             Command::AddMember { member: member(2) },
             Command::Leave { node: NodeId(2) },
-            Command::MarkDown { node: NodeId(2) },
+            Command::MarkDown {
+                node: NodeId(2),
+                at_ms: 0,
+            },
             Command::PartitionsSynced {
                 node: NodeId(2),
                 partitions: vec![0],
@@ -440,6 +521,7 @@ mod tests {
                 ..params()
             },
             member: member(1),
+            write_quorum: 0,
         });
         assert!(matches!(r, CommandResponse::Rejected { .. }));
         assert!(!s.is_initialized());
@@ -470,6 +552,7 @@ mod tests {
         let same = s.apply(&Command::Init {
             params: params(),
             member: member(1),
+            write_quorum: 0,
         });
         assert_eq!(
             same,
@@ -481,6 +564,7 @@ mod tests {
         let other = s.apply(&Command::Init {
             params: params(),
             member: member(2),
+            write_quorum: 0,
         });
         assert!(matches!(other, CommandResponse::Rejected { .. }));
         let other_params = s.apply(&Command::Init {
@@ -489,6 +573,7 @@ mod tests {
                 ..params()
             },
             member: member(1),
+            write_quorum: 0,
         });
         assert!(matches!(other_params, CommandResponse::Rejected { .. }));
         assert_eq!(s, before);
@@ -504,7 +589,9 @@ mod tests {
             ));
             assert_eq!(state_of(&s, id), Some(MemberState::Joining));
         }
-        let want = PartitionTable::place(&params(), &ids(&[1, 2, 3]));
+        // Each change is planned from the one before.
+        let two = PartitionTable::rebalance(&params(), &table0, &ids(&[1, 2]));
+        let want = PartitionTable::rebalance(&params(), &two, &ids(&[1, 2, 3]));
         assert_eq!(s.target, want);
         // New holders wait: every partition that gains node 2 or 3 keeps its old replicas.
         for p in 0..64 {
@@ -651,7 +738,7 @@ mod tests {
         let r = s.apply(&Command::Leave { node: NodeId(3) });
         assert!(is_applied(&r));
         assert_eq!(state_of(&s, 3), Some(MemberState::Leaving));
-        let want = PartitionTable::place(&params(), &ids(&[1, 2]));
+        let want = PartitionTable::rebalance(&params(), &table0, &ids(&[1, 2]));
         assert_eq!(s.target, want);
         assert!(s.epoch > epoch);
         // Partitions that only lose node 3 (or reorder) switch at once; the others wait.
@@ -760,10 +847,27 @@ mod tests {
             sync_all(&mut s, id);
         }
         assert!(s.is_settled());
-        let r = s.apply(&Command::MarkDown { node: NodeId(3) });
+        let before = s.clone();
+        let r = s.apply(&Command::MarkDown {
+            node: NodeId(3),
+            at_ms: 0,
+        });
         assert!(is_applied(&r));
         assert_eq!(state_of(&s, 3), Some(MemberState::Down));
-        assert_eq!(s.target, PartitionTable::place(&params(), &ids(&[1, 2])));
+        assert_eq!(s.down_since.get(&NodeId(3)), Some(&0));
+        // At once: its partitions are owned by their next replica.
+        assert!((0..64).all(|p| !s.table.replicas(p).contains(&NodeId(3))));
+        for p in 0..64 {
+            let had = before.table.replicas(p);
+            if had.contains(&NodeId(3)) {
+                let rest: Vec<NodeId> = had.iter().copied().filter(|&n| n != NodeId(3)).collect();
+                assert_eq!(s.table.replicas(p), rest.as_slice(), "partition {p}");
+            }
+        }
+        assert_eq!(
+            s.target,
+            PartitionTable::rebalance(&params(), &before.target, &ids(&[1, 2]))
+        );
         sync_all(&mut s, 1);
         sync_all(&mut s, 2);
         assert!(s.is_settled());
@@ -776,6 +880,63 @@ mod tests {
         sync_all(&mut s, 3);
         assert_eq!(state_of(&s, 3), Some(MemberState::Active));
         assert!(s.is_settled());
+    }
+
+    #[test]
+    fn a_restarted_member_resyncs_before_it_owns_again() {
+        let mut s = bootstrapped();
+        for id in [2, 3] {
+            s.apply(&Command::AddMember { member: member(id) });
+            sync_all(&mut s, id);
+        }
+        let settled = s.table.clone();
+        let epoch = s.epoch;
+        let r = s.apply(&Command::Restarted { node: NodeId(2) });
+        assert!(matches!(r, CommandResponse::Applied { changed: true, .. }));
+        assert!(s.epoch > epoch);
+        assert_eq!(state_of(&s, 2), Some(MemberState::Joining));
+        assert!((0..64).all(|p| !s.table.replicas(p).contains(&NodeId(2))));
+        // It was never marked down: nothing says it must discard its data.
+        assert!(!s.down_since.contains_key(&NodeId(2)));
+        assert_eq!(s.target, settled);
+        sync_all(&mut s, 2);
+        assert!(s.is_settled());
+        assert_eq!(s.table, settled);
+        assert_eq!(state_of(&s, 2), Some(MemberState::Active));
+        // Marked down, then restarted: the time it went down is kept while it rejoins.
+        s.apply(&Command::MarkDown {
+            node: NodeId(3),
+            at_ms: 42,
+        });
+        s.apply(&Command::Restarted { node: NodeId(3) });
+        assert_eq!(state_of(&s, 3), Some(MemberState::Joining));
+        assert_eq!(s.down_since.get(&NodeId(3)), Some(&42));
+        sync_all(&mut s, 3);
+        assert_eq!(state_of(&s, 3), Some(MemberState::Active));
+        assert!(s.down_since.is_empty());
+        // A member alone in a replica set keeps it when marked down (R = 1 here).
+        let mut single = bootstrapped();
+        single.apply(&Command::MarkDown {
+            node: NodeId(1),
+            at_ms: 1,
+        });
+        assert!((0..64).all(|p| single.table.replicas(p) == [NodeId(1)]));
+        // Unknown members are ignored.
+        let before = s.clone();
+        s.apply(&Command::Restarted { node: NodeId(9) });
+        assert_eq!(s, before);
+    }
+
+    #[test]
+    fn write_quorum_defaults_to_all_replicas() {
+        let mut s = bootstrapped();
+        assert_eq!(s.write_quorum(), 2);
+        assert!(s.replicas_are_current());
+        s.write_quorum = 1;
+        assert_eq!(s.write_quorum(), 1);
+        assert!(!s.replicas_are_current());
+        s.write_quorum = 7;
+        assert_eq!(s.write_quorum(), 2);
     }
 
     #[test]

@@ -1,0 +1,371 @@
+//! Ownership leases and failure detection.
+//!
+//! A member answers for its partitions only while it holds a valid **lease**, and the Raft
+//! leader gives a member's partitions to another only after that lease has run out. So a
+//! member that is frozen (SIGSTOP), cut off or slow stops answering before anyone else
+//! starts, and two members never both answer for a partition.
+//!
+//! ```text
+//!   member                                      Raft leader
+//!   ──────                                      ───────────
+//!   s = now; Lease{me} ───────────────────────▶ contact[me] = now (≥ s)
+//!                                               grant = min(lease_ms, own lease left)
+//!   lease_until = s + grant ◀────────────────── Lease{term, epoch, grant}
+//!   serve while now < lease_until
+//!   and epoch applied ≥ the leader's epoch
+//!                                               no contact for failure_timeout_ms
+//!                                               (> lease_ms) ⇒ MarkDown{member}
+//! ```
+//!
+//! The lease is counted from when the member *sent* its request, which is before the
+//! leader's contact time, so it always ends before `contact + lease_ms`, while the leader
+//! waits `failure_timeout_ms > lease_ms` after the last contact. A pause anywhere only makes
+//! the member's lease end sooner relative to the leader's view.
+//!
+//! The leader's own lease comes from a majority of voters: it is counted from the
+//! majority-th most recent contact. A deposed leader (cut off on a minority side) therefore
+//! stops granting leases, and its own lapses, within `lease_ms` of losing the majority; the new
+//! leader is elected only after an election timeout, and then waits `failure_timeout_ms` of
+//! its own before it marks anyone down.
+//!
+//! Leases are also how a member that comes back is kept from answering too early: a node
+//! that restarts with its data directory serves nothing until its [`Command::Restarted`]
+//! is applied (it may have lost writes it acknowledged from memory), and a member the
+//! leader marked down asks to be taken back the same way when it wakes up.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use openraft::ServerState;
+use parking_lot::Mutex;
+use strata_proto::NodeId;
+use strata_proto::ring::MemberState;
+use strata_proto::wire::{ErrorCode, Request, Response, WireError};
+
+use super::Cluster;
+use crate::raft::Command;
+
+/// How long a rejoining node waits to apply the epoch that took it back.
+const REJOIN_WAIT: Duration = Duration::from_secs(10);
+
+/// Follower and leader sides of the lease protocol.
+pub struct Leases {
+    lease_ms: u64,
+    failure_timeout: Duration,
+    /// This node's lease: valid until then.
+    until: Mutex<Option<Instant>>,
+    /// The leader's epoch at the last grant: the lease counts only once this node has
+    /// applied it.
+    granted_epoch: AtomicU64,
+    /// False from a restart until this node's `Restarted` command is applied.
+    rejoined: AtomicBool,
+    /// Leader side: when each member last asked for a lease.
+    contacts: Mutex<HashMap<NodeId, Instant>>,
+    /// Leader side: the term this node leads in, and since when.
+    leading: Mutex<Option<(u64, Instant)>>,
+    /// Members marked down by this leader, to avoid proposing twice.
+    proposed_down: Mutex<HashMap<NodeId, Instant>>,
+}
+
+impl Leases {
+    /// Leases for a node with these settings; `restarted` if it came back with Raft state
+    /// (it answers nothing until it has been taken back).
+    pub fn new(lease_ms: u64, failure_timeout_ms: u64, restarted: bool) -> Self {
+        Self {
+            lease_ms,
+            failure_timeout: Duration::from_millis(failure_timeout_ms),
+            until: Mutex::new(None),
+            granted_epoch: AtomicU64::new(0),
+            rejoined: AtomicBool::new(!restarted),
+            contacts: Mutex::new(HashMap::new()),
+            leading: Mutex::new(None),
+            proposed_down: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// Whether this node may answer for its partitions at `applied_epoch`; else why not.
+    pub fn check(&self, applied_epoch: u64) -> Result<(), &'static str> {
+        if !self.rejoined.load(Ordering::Acquire) {
+            return Err("this node restarted and is rejoining the cluster");
+        }
+        match *self.until.lock() {
+            Some(until) if Instant::now() < until => {}
+            _ => {
+                return Err(
+                    "this node's ownership lease has lapsed (no recent contact with the Raft leader)",
+                );
+            }
+        }
+        if applied_epoch < self.granted_epoch.load(Ordering::Acquire) {
+            return Err("this node is behind the cluster's ring epoch");
+        }
+        Ok(())
+    }
+
+    /// The epoch the leader had at the last grant.
+    pub fn granted_epoch(&self) -> u64 {
+        self.granted_epoch.load(Ordering::Acquire)
+    }
+
+    fn extend(&self, from: Instant, granted_ms: u64, epoch: u64) {
+        if granted_ms == 0 {
+            return;
+        }
+        let until = from + Duration::from_millis(granted_ms.min(self.lease_ms));
+        let mut held = self.until.lock();
+        if held.is_none_or(|h| h < until) {
+            *held = Some(until);
+        }
+        self.granted_epoch.fetch_max(epoch, Ordering::AcqRel);
+    }
+
+    fn revoke(&self) {
+        *self.until.lock() = None;
+    }
+
+    /// Leader side: the lease this leader holds from a majority of `voters` (itself
+    /// included), as an end time.
+    fn own_until(&self, me: NodeId, voters: &[NodeId], now: Instant) -> Option<Instant> {
+        let contacts = self.contacts.lock();
+        let mut times: Vec<Instant> = voters
+            .iter()
+            .filter_map(|v| {
+                if *v == me {
+                    Some(now)
+                } else {
+                    contacts.get(v).copied()
+                }
+            })
+            .collect();
+        let majority = voters.len() / 2 + 1;
+        if times.len() < majority {
+            return None;
+        }
+        times.sort_unstable_by(|a, b| b.cmp(a));
+        Some(times[majority - 1] + Duration::from_millis(self.lease_ms))
+    }
+}
+
+impl Cluster {
+    /// Whether this node may answer for the partitions it owns or replicates.
+    pub fn serving(&self) -> Result<(), WireError> {
+        if self.raft.is_none() {
+            return Ok(());
+        }
+        self.leases
+            .check(self.epoch())
+            .map_err(|why| WireError::new(ErrorCode::NotReady, why))
+    }
+
+    /// Answers a member's lease request (only the Raft leader grants leases).
+    pub fn grant_lease(&self, node: NodeId) -> Result<Response, WireError> {
+        let raft = self.raft_or_refuse()?;
+        let metrics = raft.metrics().borrow().clone();
+        if metrics.state != ServerState::Leader {
+            return Err(WireError::new(
+                ErrorCode::NotReady,
+                "leases are granted by the Raft leader only",
+            ));
+        }
+        let now = Instant::now();
+        self.leases.contacts.lock().insert(node, now);
+        let state = self.state();
+        let voters = voters(&metrics);
+        let known = state
+            .members
+            .get(&node)
+            .is_some_and(|m| m.state != MemberState::Down);
+        let granted_ms = match self.leases.own_until(self.me.id, &voters, now) {
+            Some(until) if known => until.saturating_duration_since(now).as_millis() as u64,
+            _ => 0,
+        };
+        Ok(Response::Lease {
+            term: metrics.current_term,
+            epoch: state.epoch,
+            granted_ms: granted_ms.min(self.leases.lease_ms),
+        })
+    }
+}
+
+/// The Raft voters in `metrics`.
+fn voters(metrics: &openraft::RaftMetrics<u64, crate::raft::PeerNode>) -> Vec<NodeId> {
+    metrics
+        .membership_config
+        .membership()
+        .voter_ids()
+        .map(NodeId)
+        .collect()
+}
+
+/// Renews this node's lease every heartbeat and, on the leader, marks silent members down;
+/// brings this node back into the cluster after a restart or a mark-down. Runs until the
+/// node leaves.
+pub async fn run(cluster: Arc<Cluster>) {
+    let Some(raft) = cluster.raft().cloned() else {
+        return;
+    };
+    let every = Duration::from_millis(cluster.config().heartbeat_ms);
+    let mut tick = tokio::time::interval(every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let left = cluster.left();
+    let mut last_rejoin: Option<Instant> = None;
+    loop {
+        tokio::select! {
+            _ = left.cancelled() => return,
+            _ = tick.tick() => {}
+        }
+        let metrics = raft.metrics().borrow().clone();
+        let me = cluster.id();
+        if metrics.state == ServerState::Leader && metrics.current_leader == Some(me.0) {
+            lead(&cluster, metrics.current_term, &voters(&metrics)).await;
+        } else {
+            *cluster.leases.leading.lock() = None;
+            // Renewals overlap: one slow answer does not hold up the next request.
+            let (cluster, leader) = (Arc::clone(&cluster), metrics.current_leader);
+            tokio::spawn(async move { renew(&cluster, leader).await });
+        }
+        rejoin_if_needed(&cluster, &mut last_rejoin).await;
+    }
+}
+
+/// Asks the leader for a lease.
+async fn renew(cluster: &Cluster, leader: Option<u64>) {
+    let Some(addr) = leader.and_then(|l| cluster.member_addr(NodeId(l))) else {
+        return;
+    };
+    let sent = Instant::now();
+    let request = Request::Lease { node: cluster.id() };
+    let answer = cluster
+        .peers()
+        // A grant that arrives later than a lease lasts is worthless.
+        .call(
+            &addr,
+            cluster.epoch(),
+            request,
+            &[],
+            Duration::from_millis(cluster.leases.lease_ms),
+        )
+        .await;
+    if let Ok((
+        Response::Lease {
+            epoch, granted_ms, ..
+        },
+        _,
+    )) = answer
+    {
+        cluster.leases.extend(sent, granted_ms, epoch);
+        if epoch > cluster.epoch() {
+            cluster.catch_up(epoch).await;
+        }
+    }
+}
+
+/// Leader duties: hold the leader's own lease and mark silent members down.
+async fn lead(cluster: &Cluster, term: u64, voters: &[NodeId]) {
+    let now = Instant::now();
+    let since = {
+        let mut leading = cluster.leases.leading.lock();
+        match *leading {
+            Some((t, since)) if t == term => since,
+            _ => {
+                // A new term: every member gets a full failure timeout from now.
+                cluster.leases.contacts.lock().clear();
+                cluster.leases.proposed_down.lock().clear();
+                *leading = Some((term, now));
+                now
+            }
+        }
+    };
+    let me = cluster.id();
+    let own = cluster.leases.own_until(me, voters, now);
+    match own {
+        Some(until) => {
+            let state = cluster.state();
+            let mut held = cluster.leases.until.lock();
+            *held = Some(until);
+            cluster
+                .leases
+                .granted_epoch
+                .fetch_max(state.epoch, Ordering::AcqRel);
+        }
+        None => cluster.leases.revoke(),
+    }
+    // Only a leader that a majority is in contact with judges the others: one that has just
+    // taken over (or come back believing it leads) hears from nobody yet.
+    if now.duration_since(since) < cluster.leases.failure_timeout || own.is_none_or(|u| u <= now) {
+        return;
+    }
+    let state = cluster.state();
+    let silent: Vec<NodeId> = {
+        let contacts = cluster.leases.contacts.lock();
+        state
+            .members
+            .values()
+            .filter(|m| m.id != me && m.state != MemberState::Down)
+            .filter(|m| {
+                let last = contacts.get(&m.id).copied().unwrap_or(since).max(since);
+                now.duration_since(last) > cluster.leases.failure_timeout
+            })
+            .map(|m| m.id)
+            .collect()
+    };
+    for node in silent {
+        {
+            let mut proposed = cluster.leases.proposed_down.lock();
+            if proposed
+                .get(&node)
+                .is_some_and(|at| now.duration_since(*at) < Duration::from_secs(2))
+            {
+                continue;
+            }
+            proposed.insert(node, now);
+        }
+        tracing::warn!(member = %node, "no lease request within the failure timeout: marking it down");
+        let at_ms = strata_proto::Timestamp::now().as_millis();
+        if let Err(e) = cluster.propose(Command::MarkDown { node, at_ms }).await {
+            tracing::warn!(member = %node, error = %e, "could not mark a member down");
+        }
+    }
+}
+
+/// After a restart, or once the leader has marked this node down, asks to be taken back:
+/// the node owns nothing until it has synced its partitions again.
+async fn rejoin_if_needed(cluster: &Cluster, last: &mut Option<Instant>) {
+    let state = cluster.state();
+    let me = cluster.id();
+    let Some(member) = state.members.get(&me) else {
+        return;
+    };
+    let restarted = !cluster.leases.rejoined.load(Ordering::Acquire);
+    let down = member.state == MemberState::Down;
+    if !restarted && !down {
+        return;
+    }
+    if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
+        return;
+    }
+    *last = Some(Instant::now());
+    // Nothing is served from here on until the command is applied.
+    cluster.leases.rejoined.store(false, Ordering::Release);
+    tracing::info!(down, "asking to be taken back into the cluster");
+    match cluster.propose(Command::Restarted { node: me }).await {
+        Ok(crate::raft::CommandResponse::Applied { epoch, .. }) => {
+            cluster.wait_for_epoch(epoch, REJOIN_WAIT).await;
+            let back = cluster
+                .state()
+                .members
+                .get(&me)
+                .is_some_and(|m| m.state != MemberState::Down);
+            if back {
+                cluster.leases.rejoined.store(true, Ordering::Release);
+                tracing::info!(epoch, "taken back: syncing partitions before owning them");
+            }
+        }
+        Ok(crate::raft::CommandResponse::Rejected { reason }) => {
+            tracing::warn!(%reason, "could not rejoin");
+        }
+        Err(e) => tracing::debug!(error = %e, "could not rejoin yet"),
+    }
+}
