@@ -1,0 +1,422 @@
+//! The workload: concurrent clients doing a seeded mix of sets, gets and deletes over a small
+//! key space, recording every operation in the [history](crate::history).
+//!
+//! # Mechanism
+//! Each of C clients is a task with its own [`strata_client::Client`] (ring-aware, over QUIC;
+//! seeded with every node's address, starting at a different one) and its own random stream
+//! ([`crate::rng`]`(seed, 1 + client)`). In a loop it picks a key uniformly from `keys` keys
+//! of one namespace and an operation — set 60 %, get 30 %, delete 10 % — runs it under a
+//! per-operation timeout, and records it. Every set writes `c{client}-{seq}`, a value no
+//! other operation writes, so each read identifies the write it saw.
+//!
+//! The client library retries internally (see `strata_client::client`); its per-attempt
+//! timeout is set well below the per-operation one so that a retry can happen inside it. An
+//! operation that errors or times out is recorded as failed: for a write, indeterminate.
+//!
+//! After the faults are healed, [`final_reads`] reads every key once with a fresh client:
+//! the verification reads the checker holds to "lost write".
+//!
+//! # Caveats
+//! - The random stream fixes which operations each client makes, not how they interleave in
+//!   time across clients or with faults: a seed replays the fault schedule and each client's
+//!   sequence, not the exact history.
+//! - Clients pause [`THINK_TIME`] between operations; throughput is not the point, and the
+//!   pause bounds the history's size.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use rand::Rng;
+use strata_client::{Client, ClientConfig, Error};
+use strata_proto::{Key, Namespace, Value};
+
+use crate::history::{Op, OpKind, Outcome, RunClock};
+
+/// The namespace every operation uses.
+pub const NAMESPACE: &str = "chaos";
+
+/// Default bound on one operation, retries included: long enough for the client's own
+/// retries (1 s attempts, see [`ATTEMPT_TIMEOUT`]) after a member fails, short enough that a
+/// client stuck on a dead owner records failures at a useful rate.
+pub const OP_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// The client library's per-attempt (and connect) timeout: a third of [`OP_TIMEOUT`], so a
+/// timed-out attempt can be followed by a ring refresh and a retry within one operation.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// Pause between one client's operations. With 4 clients and 200 keys this is at most ~800
+/// operations/s, each key touched a few times a second: enough to see when a key becomes
+/// available again, while an hour-long run keeps its history in the hundreds of MB.
+pub const THINK_TIME: Duration = Duration::from_millis(5);
+
+/// Hard bound on one client's operations, whatever the duration.
+pub const MAX_OPS_PER_CLIENT: usize = 2_000_000;
+
+/// Attempts of one final read before it is recorded as failed.
+pub const FINAL_READ_ATTEMPTS: u32 = 3;
+
+/// Time for all final reads together; keys not read by then are recorded as failed.
+pub const FINAL_READS_BUDGET: Duration = Duration::from_secs(90);
+
+/// What the workload does.
+#[derive(Clone, Debug)]
+pub struct WorkloadConfig {
+    /// Concurrent clients.
+    pub clients: u32,
+    /// Keys in the key space.
+    pub keys: usize,
+    /// Seed of the clients' random streams.
+    pub seed: u64,
+    /// Bound on one operation.
+    pub op_timeout: Duration,
+}
+
+/// The name of key `i`.
+pub fn key_name(i: usize) -> String {
+    format!("chaos:{i:04}")
+}
+
+/// The workload's key space, validated.
+fn keys(count: usize) -> Result<Vec<Key>> {
+    (0..count)
+        .map(|i| Key::new(key_name(i)).context("a workload key"))
+        .collect()
+}
+
+/// A client configuration that starts at node `first` and knows every other node.
+fn client_config(addrs: &[SocketAddr], certs: &Path, first: usize) -> ClientConfig {
+    let first = first % addrs.len().max(1);
+    let mut config = ClientConfig::new(addrs[first].to_string(), certs);
+    config.seeds = addrs
+        .iter()
+        .enumerate()
+        .filter(|&(i, _)| i != first)
+        .map(|(_, a)| a.to_string())
+        .collect();
+    config.request_timeout = ATTEMPT_TIMEOUT;
+    config.connect_timeout = ATTEMPT_TIMEOUT;
+    config
+}
+
+/// A coarse class of a client error, for counting failures: `timeout`, `connect`,
+/// `connection lost`, `routing`, `server <Code>`, `protocol`, `tls`, `config`.
+pub fn error_class(error: &Error) -> String {
+    match error {
+        Error::Timeout { .. } => "timeout".into(),
+        Error::Connect { .. } => "connect".into(),
+        Error::ConnectionLost { .. } => "connection lost".into(),
+        Error::Routing(_) => "routing".into(),
+        Error::Server { code, .. } => format!("server {code:?}"),
+        Error::Protocol(_) => "protocol".into(),
+        Error::Tls(_) => "tls".into(),
+        Error::Config(_) => "config".into(),
+    }
+}
+
+/// The class of a recorded failure (the text before the first `: `).
+pub fn failure_class(text: &str) -> &str {
+    text.split_once(": ").map_or(text, |(class, _)| class)
+}
+
+/// Counts failed operations by [`failure_class`].
+pub fn failures_by_class(ops: &[Op]) -> BTreeMap<String, usize> {
+    let mut counts = BTreeMap::new();
+    for op in ops {
+        if let Outcome::Failed(text) = &op.outcome {
+            *counts.entry(failure_class(text).to_owned()).or_default() += 1;
+        }
+    }
+    counts
+}
+
+/// Running workload clients.
+pub struct Workload {
+    stop: Arc<AtomicBool>,
+    tasks: Vec<tokio::task::JoinHandle<Vec<Op>>>,
+}
+
+impl Workload {
+    /// Connects the clients and starts them.
+    pub async fn start(
+        config: &WorkloadConfig,
+        addrs: &[SocketAddr],
+        certs: &Path,
+        clock: RunClock,
+    ) -> Result<Self> {
+        let namespace = Namespace::new(NAMESPACE).context("the workload namespace")?;
+        let keys = Arc::new(keys(config.keys)?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut tasks = Vec::new();
+        for id in 0..config.clients {
+            let client = Client::connect(client_config(addrs, certs, id as usize))
+                .await
+                .with_context(|| format!("connecting workload client {id}"))?;
+            let driver = Driver {
+                id,
+                client,
+                namespace: namespace.clone(),
+                keys: Arc::clone(&keys),
+                stop: Arc::clone(&stop),
+                clock,
+                op_timeout: config.op_timeout,
+            };
+            let rng = crate::rng(config.seed, 1 + u64::from(id));
+            tasks.push(tokio::spawn(driver.run(rng)));
+        }
+        Ok(Self { stop, tasks })
+    }
+
+    /// Stops the clients after their current operation; every operation, by start time.
+    pub async fn stop(self) -> Result<Vec<Op>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut ops = Vec::new();
+        for task in self.tasks {
+            ops.extend(task.await.context("a workload client panicked")?);
+        }
+        ops.sort_by_key(|op| (op.start_us, op.client));
+        Ok(ops)
+    }
+}
+
+/// One workload client.
+struct Driver {
+    id: u32,
+    client: Client,
+    namespace: Namespace,
+    keys: Arc<Vec<Key>>,
+    stop: Arc<AtomicBool>,
+    clock: RunClock,
+    op_timeout: Duration,
+}
+
+impl Driver {
+    async fn run(self, mut rng: rand_chacha::ChaCha8Rng) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let mut seq = 0u64;
+        while !self.stop.load(Ordering::Relaxed) && ops.len() < MAX_OPS_PER_CLIENT {
+            let key = &self.keys[rng.random_range(0..self.keys.len())];
+            let roll = rng.random_range(0..100u32);
+            let kind = match roll {
+                0..60 => OpKind::Set,
+                60..90 => OpKind::Get,
+                _ => OpKind::Delete,
+            };
+            let written = (kind == OpKind::Set).then(|| {
+                seq += 1;
+                format!("c{}-{seq}", self.id)
+            });
+            ops.push(self.op(kind, key, written).await);
+            tokio::time::sleep(THINK_TIME).await;
+        }
+        self.client.close().await;
+        ops
+    }
+
+    async fn op(&self, kind: OpKind, key: &Key, written: Option<String>) -> Op {
+        let start_us = self.clock.now_us();
+        let (outcome, value, version) = run_op(
+            &self.client,
+            &self.namespace,
+            key,
+            kind,
+            written,
+            self.op_timeout,
+        )
+        .await;
+        Op {
+            client: self.id,
+            kind,
+            key: key.to_string(),
+            value,
+            start_us,
+            end_us: self.clock.now_us(),
+            outcome,
+            version,
+            final_read: false,
+        }
+    }
+}
+
+/// Runs one operation under `timeout`: its outcome, the value written or read, and the
+/// version a read returned.
+async fn run_op(
+    client: &Client,
+    namespace: &Namespace,
+    key: &Key,
+    kind: OpKind,
+    written: Option<String>,
+    timeout: Duration,
+) -> (Outcome, Option<String>, Option<String>) {
+    let timed_out = || Outcome::Failed(format!("timeout: no answer within {timeout:?}"));
+    let failed = |e: Error| Outcome::Failed(format!("{}: {e}", error_class(&e)));
+    match kind {
+        OpKind::Set => {
+            let value = written.clone().unwrap_or_default();
+            let call = client.set(namespace, key, Value::from(value.into_bytes()), None);
+            let outcome = match tokio::time::timeout(timeout, call).await {
+                Ok(Ok(())) => Outcome::Ok,
+                Ok(Err(e)) => failed(e),
+                Err(_) => timed_out(),
+            };
+            (outcome, written, None)
+        }
+        OpKind::Delete => {
+            let outcome = match tokio::time::timeout(timeout, client.delete(namespace, key)).await {
+                Ok(Ok(_existed)) => Outcome::Ok,
+                Ok(Err(e)) => failed(e),
+                Err(_) => timed_out(),
+            };
+            (outcome, None, None)
+        }
+        OpKind::Get => match tokio::time::timeout(timeout, client.get(namespace, key)).await {
+            Ok(Ok(None)) => (Outcome::Ok, None, None),
+            Ok(Ok(Some(entry))) => {
+                let value = match &entry.value {
+                    Value::Bytes(bytes) => String::from_utf8_lossy(bytes).into_owned(),
+                    // Never written by the workload: the checker reports it as a phantom.
+                    _ => "<not a bytes value>".to_owned(),
+                };
+                (
+                    Outcome::Ok,
+                    Some(value),
+                    Some(entry.meta.version.to_string()),
+                )
+            }
+            Ok(Err(e)) => (failed(e), None, None),
+            Err(_) => (timed_out(), None, None),
+        },
+    }
+}
+
+/// Reads every key once with a fresh client (up to [`FINAL_READ_ATTEMPTS`] attempts each,
+/// every attempt recorded, all within [`FINAL_READS_BUDGET`]), as client `client`.
+pub async fn final_reads(
+    addrs: &[SocketAddr],
+    certs: &Path,
+    keys_count: usize,
+    client_id: u32,
+    op_timeout: Duration,
+    clock: RunClock,
+) -> Result<Vec<Op>> {
+    let namespace = Namespace::new(NAMESPACE).context("the workload namespace")?;
+    let client = Client::connect(client_config(addrs, certs, 0))
+        .await
+        .context("connecting the final reader")?;
+    let deadline = Instant::now() + FINAL_READS_BUDGET;
+    let mut ops = Vec::new();
+    for key in keys(keys_count)? {
+        for attempt in 1..=FINAL_READ_ATTEMPTS {
+            let start_us = clock.now_us();
+            let (outcome, value, version) = if Instant::now() < deadline {
+                run_op(&client, &namespace, &key, OpKind::Get, None, op_timeout).await
+            } else {
+                let text = format!("skipped: final reads took over {FINAL_READS_BUDGET:?}");
+                (Outcome::Failed(text), None, None)
+            };
+            let ok = outcome.is_ok();
+            ops.push(Op {
+                client: client_id,
+                kind: OpKind::Get,
+                key: key.to_string(),
+                value,
+                start_us,
+                end_us: clock.now_us(),
+                outcome,
+                version,
+                final_read: true,
+            });
+            if ok || Instant::now() >= deadline || attempt == FINAL_READ_ATTEMPTS {
+                break;
+            }
+        }
+    }
+    client.close().await;
+    Ok(ops)
+}
+
+/// How long after a fault each of `keys` was first read successfully (ms), probing each key
+/// in turn with short timeouts until every one answered or `within` ran out (those are left
+/// out). Measures how soon a failed node's keys are served again.
+pub async fn time_to_serve(
+    addrs: &[SocketAddr],
+    certs: &Path,
+    keys: Vec<String>,
+    since: Instant,
+    within: Duration,
+) -> Vec<f64> {
+    let Some(first) = addrs.first() else {
+        return Vec::new();
+    };
+    let mut config = ClientConfig::new(first.to_string(), certs);
+    config.seeds = addrs.iter().skip(1).map(ToString::to_string).collect();
+    config.request_timeout = PROBE_TIMEOUT;
+    config.connect_timeout = PROBE_TIMEOUT;
+    config.retries = 0;
+    let Ok(Ok(client)) = tokio::time::timeout(within, Client::connect(config)).await else {
+        return Vec::new();
+    };
+    let Ok(namespace) = Namespace::new(NAMESPACE) else {
+        return Vec::new();
+    };
+    let mut pending: Vec<Key> = keys.into_iter().filter_map(|k| Key::new(k).ok()).collect();
+    let mut served = Vec::new();
+    while !pending.is_empty() && since.elapsed() < within {
+        let mut left = Vec::new();
+        for key in pending {
+            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.get(&namespace, &key)).await;
+            if matches!(answer, Ok(Ok(_))) {
+                served.push(since.elapsed().as_secs_f64() * 1000.0);
+            } else {
+                left.push(key);
+            }
+        }
+        pending = left;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    client.close().await;
+    served
+}
+
+/// Bound on one probe read.
+const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_are_counted_by_class() {
+        let failed = |text: &str| Op {
+            client: 0,
+            kind: OpKind::Get,
+            key: key_name(1),
+            value: None,
+            start_us: 0,
+            end_us: 1,
+            outcome: Outcome::Failed(text.into()),
+            version: None,
+            final_read: false,
+        };
+        let e = Error::Routing("redirected 8 times".into());
+        let ops = [
+            failed(&format!("{}: {e}", error_class(&e))),
+            failed("timeout: no answer within 3s"),
+            failed("timeout: get request timed out after 1s"),
+        ];
+        let counts = failures_by_class(&ops);
+        assert_eq!(counts.get("timeout"), Some(&2));
+        assert_eq!(counts.get("routing"), Some(&1));
+    }
+
+    #[test]
+    fn keys_are_valid_and_distinct() {
+        let keys = keys(200).unwrap_or_default();
+        assert_eq!(keys.len(), 200);
+        assert_eq!(keys[7].as_str(), "chaos:0007");
+    }
+}
