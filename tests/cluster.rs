@@ -97,6 +97,26 @@ async fn write_keys(client: &Client, generation: u32) {
 async fn check_keys(client: &Client, expected: impl Fn(usize) -> String) {
     let keys: Vec<Key> = (0..KEYS).map(key).collect();
     let found = client.get_many(&ns(), &keys).await.unwrap();
+    let missing: Vec<usize> = (0..KEYS).filter(|&i| found[i].is_none()).collect();
+    if !missing.is_empty() {
+        let ring = client.refresh_ring().await.unwrap();
+        let at: Vec<String> = missing
+            .iter()
+            .take(20)
+            .map(|&i| {
+                let partition = ring.partition_of(ns().as_str(), key(i).as_str());
+                format!(
+                    "key {i} in {partition:?} on {:?}",
+                    ring.table.replicas(partition)
+                )
+            })
+            .collect();
+        panic!(
+            "{} keys are missing at epoch {}: {at:?}",
+            missing.len(),
+            ring.epoch
+        );
+    }
     for (i, entry) in found.into_iter().enumerate() {
         let entry = entry.unwrap_or_else(|| panic!("key {i} is missing"));
         let Value::Bytes(bytes) = entry.value else {

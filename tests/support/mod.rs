@@ -11,7 +11,7 @@
 // Each test file uses the part of the harness it needs.
 #![allow(dead_code)]
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Write};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -150,7 +150,10 @@ impl TestNode {
             .arg("--certs")
             .arg(certs)
             .args(args)
-            .env("STRATA_LOG", "info")
+            .env(
+                "STRATA_LOG",
+                std::env::var("STRATA_TEST_NODE_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
@@ -169,8 +172,16 @@ impl TestNode {
             }
         });
         let (err_tx, err_rx) = mpsc::channel();
+        // STRATA_TEST_LOG_DIR keeps every node's log in a file for post-mortems.
+        let mut keep = std::env::var_os("STRATA_TEST_LOG_DIR").and_then(|dir| {
+            let path = Path::new(&dir).join(format!("node-{}.log", child.id()));
+            std::fs::File::create(path).ok()
+        });
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(file) = keep.as_mut() {
+                    let _ = writeln!(file, "{line}");
+                }
                 let _ = err_tx.send(line);
             }
         });
