@@ -5,7 +5,8 @@
 //! which opening a stream waits for one to finish). The connection is made once and kept;
 //! when it breaks (the node restarted, an idle timeout, a network change), the next request
 //! makes a new one. Only one reconnect runs at a time: concurrent requests that find the
-//! connection broken wait for that one handshake instead of starting their own.
+//! connection broken wait for that one handshake instead of starting their own, and a
+//! request that gives up does not cut the handshake short for the next one.
 //!
 //! An exchange is one attempt of one request: open a stream, write the frame and the
 //! streamed bodies, finish, read the answer frame and its bodies, all under the request
@@ -18,6 +19,7 @@
 //! seed address), all on one shared QUIC endpoint, and picks the owner of each key.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -31,6 +33,9 @@ use crate::io::{self, ReadLimits, StreamError};
 
 /// Code sent when the client abandons a stream (timeout, error): "cancelled".
 const CANCELLED: VarInt = VarInt::from_u32(0);
+
+/// Silence after which a connection whose requests time out is given up.
+const SILENT_DROP: Duration = Duration::from_millis(1500);
 
 /// Code sent when the client closes its connection on purpose.
 const CLOSED_BY_CLIENT: VarInt = VarInt::from_u32(0);
@@ -80,9 +85,12 @@ pub struct NodeConnection {
     chunk_bytes: usize,
     limits: ReadLimits,
     /// The live connection, if one was made.
-    current: Mutex<Option<Connection>>,
+    current: Arc<Mutex<Option<Connection>>>,
     /// Held while a new connection is being made, so only one handshake runs at a time.
-    dialing: tokio::sync::Mutex<()>,
+    dialing: Arc<tokio::sync::Mutex<()>>,
+    /// The connection's received-datagram count when a timed-out request last saw it
+    /// change, and when: how long the node has been silent.
+    heard: Mutex<Option<(usize, u64, std::time::Instant)>>,
 }
 
 impl NodeConnection {
@@ -116,8 +124,9 @@ impl NodeConnection {
             request_timeout: config.request_timeout,
             chunk_bytes: config.chunk_bytes,
             limits: config.limits,
-            current: Mutex::new(None),
-            dialing: tokio::sync::Mutex::new(()),
+            current: Arc::new(Mutex::new(None)),
+            dialing: Arc::new(tokio::sync::Mutex::new(())),
+            heard: Mutex::new(None),
         })
     }
 
@@ -136,14 +145,12 @@ impl NodeConnection {
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
-        let _dialing = self.dialing.lock().await;
+        let dialing = Arc::clone(&self.dialing).lock_owned().await;
         // Another request may have reconnected while this one waited.
         if let Some(conn) = self.live() {
             return Ok(conn);
         }
-        let conn = self.dial().await?;
-        *self.current.lock() = Some(conn.clone());
-        Ok(conn)
+        self.dial(dialing).await
     }
 
     fn live(&self) -> Option<Connection> {
@@ -154,7 +161,13 @@ impl NodeConnection {
             .cloned()
     }
 
-    async fn dial(&self) -> Result<Connection, Error> {
+    /// Makes a new connection and keeps it; `dialing` is held until the handshake ends.
+    ///
+    /// The handshake runs on a task of its own: a request that gives up meanwhile (its
+    /// timeout may be much shorter than the connect timeout) does not abort it, and the next
+    /// request finds the connection made. On a starved machine a handshake cut off by every
+    /// short request would otherwise never finish.
+    async fn dial(&self, dialing: tokio::sync::OwnedMutexGuard<()>) -> Result<Connection, Error> {
         tracing::debug!(addr = %self.addr, remote = %self.remote, server_name = %self.server_name, "connecting");
         let connecting = self
             .endpoint
@@ -163,10 +176,23 @@ impl NodeConnection {
                 addr: self.addr.clone(),
                 reason: e.to_string(),
             })?;
-        match tokio::time::timeout(self.connect_timeout, connecting).await {
-            Err(_) => Err(self.connect_timed_out()),
-            Ok(Err(e)) => Err(self.handshake_failed(e)),
-            Ok(Ok(conn)) => {
+        let (current, limit) = (Arc::clone(&self.current), self.connect_timeout);
+        let handshake = tokio::spawn(async move {
+            let _dialing = dialing;
+            let result = tokio::time::timeout(limit, connecting).await;
+            if let Ok(Ok(conn)) = &result {
+                *current.lock() = Some(conn.clone());
+            }
+            result
+        });
+        match handshake.await {
+            Err(e) => Err(Error::Connect {
+                addr: self.addr.clone(),
+                reason: format!("the handshake task failed: {e}"),
+            }),
+            Ok(Err(_)) => Err(self.connect_timed_out()),
+            Ok(Ok(Err(e))) => Err(self.handshake_failed(e)),
+            Ok(Ok(Ok(conn))) => {
                 tracing::debug!(addr = %self.addr, "connected");
                 Ok(conn)
             }
@@ -201,16 +227,16 @@ impl NodeConnection {
                 });
             }
         };
-        let heard = conn.stats().udp_rx.datagrams;
         match tokio::time::timeout(timeout, self.exchange_on(&conn, frame, bodies)).await {
             Ok(result) => result,
             Err(_) => {
                 // A live node acknowledges packets even when it is slow to answer; one that
-                // sent nothing during the whole attempt is gone or frozen, and the connection
-                // is dropped so that the next request dials afresh (a restarted node at the
-                // same address is then reached at once).
-                if conn.stats().udp_rx.datagrams == heard {
-                    tracing::debug!(addr = %self.addr, "no packet from the node during a whole request: dropping the connection");
+                // has sent nothing for `SILENT_DROP` is gone or frozen, and the connection is
+                // dropped so that the next request dials afresh (a restarted node at the same
+                // address is then reached at once). A node that is only slow (a starved
+                // machine) keeps its connection: a new handshake would cost it more.
+                if self.silent_for(&conn) >= SILENT_DROP {
+                    tracing::debug!(addr = %self.addr, "no packet from the node for a while: dropping the connection");
                     self.forget(&conn);
                 }
                 Err(Error::Timeout {
@@ -256,6 +282,22 @@ impl NodeConnection {
             .map_err(|e| self.stream_failed(conn, e))?;
         stream.done = true;
         Ok((response, response_bodies))
+    }
+
+    /// How long `conn` has received nothing, as seen at this call and the earlier ones.
+    fn silent_for(&self, conn: &Connection) -> Duration {
+        let received = conn.stats().udp_rx.datagrams;
+        let now = std::time::Instant::now();
+        let mut heard = self.heard.lock();
+        match *heard {
+            Some((id, count, since)) if id == conn.stable_id() && count == received => {
+                now.duration_since(since)
+            }
+            _ => {
+                *heard = Some((conn.stable_id(), received, now));
+                Duration::ZERO
+            }
+        }
     }
 
     /// Drops `conn` if it is still the current connection.
