@@ -22,6 +22,7 @@ use strata_store::{Clock, Pattern, Tier, Tiered};
 
 use crate::actors::{Writers, store_error};
 use crate::cluster::Cluster;
+use crate::cluster::handoff::Session;
 use crate::tombstones::Tombstones;
 use crate::writeback::Pending;
 
@@ -857,6 +858,40 @@ impl Service {
         Ok(n)
     }
 
+    /// Refuses to be a transfer source for partitions this node does not hold in the table
+    /// in effect: a receiver with an older ring may ask a former holder, whose copy may be
+    /// incomplete or being dropped.
+    fn check_holder(&self, partitions: &[PartitionId]) -> Outcome<()> {
+        let state = self.cluster.state();
+        let me = self.cluster.id();
+        match partitions
+            .iter()
+            .find(|p| !state.table.replicas(**p).contains(&me))
+        {
+            Some(p) => Err(WireError::new(
+                ErrorCode::NotReady,
+                format!(
+                    "member {me} does not hold partition {p} at epoch {}: ask a current holder",
+                    state.epoch
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// Refuses a page if this node dropped one of the session's partitions since its
+    /// listing was made.
+    fn check_not_dropped(&self, partitions: &[PartitionId], session: &Session) -> Outcome<()> {
+        if self.cluster.dropped.counts(partitions) == session.drops {
+            Ok(())
+        } else {
+            Err(WireError::new(
+                ErrorCode::NotReady,
+                "the source dropped a partition of this transfer meanwhile: start over",
+            ))
+        }
+    }
+
     /// One page of a partition transfer, for `receiver`; forwards later writes to it.
     async fn scan_partitions(
         &self,
@@ -871,29 +906,28 @@ impl Service {
                 "partition transfers are between members of a cluster",
             ));
         }
+        self.check_holder(&partitions)?;
         // Forward first, list second: every write is in the listing or forwarded.
         self.cluster.forwards.register(receiver, &partitions);
         let count = self.cluster.ring().params.partitions;
         let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
-        let listing = if after.is_none() {
-            Some(self.keys_in(count, &wanted).await?)
-        } else {
-            None
-        };
         let forwards = &self.cluster.forwards;
-        let keys = match listing {
-            Some(keys) => forwards.session(receiver, &partitions, true, || keys),
+        let session = match &after {
             None => {
-                let missing = forwards.session(receiver, &partitions, false, Vec::new);
-                if missing.is_empty() {
-                    // The session is gone (this node restarted): list again.
-                    let keys = self.keys_in(count, &wanted).await?;
-                    forwards.session(receiver, &partitions, true, || keys)
-                } else {
-                    missing
-                }
+                // Counted before listing: a drop that starts later shows in the counts.
+                let drops = self.cluster.dropped.counts(&partitions);
+                let keys = self.keys_in(count, &wanted).await?;
+                forwards.open_session(receiver, &partitions, Session { keys, drops })
             }
+            Some(_) => forwards.session(receiver, &partitions).ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::NotReady,
+                    "this transfer's session is gone (the source restarted or moved on): start over",
+                )
+            })?,
         };
+        self.check_not_dropped(&partitions, &session)?;
+        let keys = &session.keys;
         let start = match &after {
             Some((ns, k)) => keys.partition_point(|e| {
                 (e.namespace.as_str(), e.key.as_str()) <= (ns.as_str(), k.as_str())
@@ -932,6 +966,8 @@ impl Service {
             let wire = self.wire_entry(entry, &mut out, &mut budget);
             entries.push((key.namespace.to_string(), key.key.to_string(), wire));
         }
+        // Read after any drop began? Then this page may lack entries: refuse it.
+        self.check_not_dropped(&partitions, &session)?;
         let next = if more {
             page.last()
                 .map(|k| (k.namespace.to_string(), k.key.to_string()))

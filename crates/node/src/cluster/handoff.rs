@@ -22,6 +22,13 @@
 //! forwarded (or both: applying by version makes that harmless). A delete that reaches a new
 //! holder while it is still receiving leaves a tombstone there (as every delete does), so an
 //! older copy of the key arriving later in a page is not brought back.
+//!
+//! A transfer can outlive the plan it was started for: placement may take a partition away
+//! from the receiver (which then drops its local copy) and give it back while the pages still
+//! flow. The receiver counts its drops per partition ([`DropLedger`](super::DropLedger)); a
+//! partition dropped during its transfer is not reported synced but copied again, and the
+//! report is made and applied locally under the drop lock, so no drop decided on an older
+//! state slips in between.
 
 use std::collections::{BTreeSet, HashMap, HashSet};
 use std::hash::{Hash, Hasher};
@@ -34,22 +41,32 @@ use strata_proto::wire::{Request, Response};
 use strata_proto::{EntryKey, NodeId};
 
 use super::Cluster;
-use crate::raft::{ClusterState, Command};
+use crate::raft::{ClusterState, Command, CommandResponse};
 use crate::service::Service;
 
 /// Timeout of one page of a transfer.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a transfer waits for its own report to be applied locally.
+const REPORT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
 /// Source side: which members receive forwarded writes of which partitions, and the key
 /// listings of transfer sessions.
 #[derive(Default)]
 pub struct Forwards {
     receivers: Mutex<HashMap<PartitionId, BTreeSet<NodeId>>>,
-    sessions: Mutex<HashMap<(NodeId, u64), Listing>>,
+    sessions: Mutex<HashMap<(NodeId, u64), Arc<Session>>>,
 }
 
-/// The sorted keys of one transfer session.
-type Listing = Arc<Vec<EntryKey>>;
+/// One transfer session on the source: the sorted keys listed on its first page, and the
+/// source's drop counts of its partitions then (a page served after one of them changed
+/// could miss entries, so it is refused and the transfer starts over).
+#[derive(Debug)]
+pub struct Session {
+    /// The keys to send, sorted.
+    pub keys: Vec<EntryKey>,
+    /// The drop count of each partition when the listing was made.
+    pub drops: Vec<u64>,
+}
 
 fn session_id(partitions: &[PartitionId]) -> u64 {
     let mut h = std::collections::hash_map::DefaultHasher::new();
@@ -75,21 +92,26 @@ impl Forwards {
             .unwrap_or_default()
     }
 
-    /// The key listing of a session, built on its first page.
-    pub fn session(
+    /// Starts (or restarts) the session of `receiver` for `partitions`.
+    pub fn open_session(
         &self,
         receiver: NodeId,
         partitions: &[PartitionId],
-        first_page: bool,
-        build: impl FnOnce() -> Vec<EntryKey>,
-    ) -> Arc<Vec<EntryKey>> {
-        let id = (receiver, session_id(partitions));
-        if !first_page && let Some(keys) = self.sessions.lock().get(&id) {
-            return Arc::clone(keys);
-        }
-        let keys = Arc::new(build());
-        self.sessions.lock().insert(id, Arc::clone(&keys));
-        keys
+        session: Session,
+    ) -> Arc<Session> {
+        let session = Arc::new(session);
+        self.sessions
+            .lock()
+            .insert((receiver, session_id(partitions)), Arc::clone(&session));
+        session
+    }
+
+    /// The running session of `receiver` for `partitions`, if any.
+    pub fn session(&self, receiver: NodeId, partitions: &[PartitionId]) -> Option<Arc<Session>> {
+        self.sessions
+            .lock()
+            .get(&(receiver, session_id(partitions)))
+            .cloned()
     }
 
     /// Drops forwards to members that no longer hold or receive the partition, and the
@@ -124,12 +146,17 @@ impl Forwards {
 }
 
 /// What one transfer moved.
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Debug, Default)]
 pub struct Moved {
     /// Entries applied.
     pub entries: u64,
     /// Payload bytes received.
     pub bytes: u64,
+    /// Partitions reported synced.
+    pub synced: Vec<PartitionId>,
+    /// Partitions whose local copy was dropped while they were copied: not reported, to be
+    /// copied again.
+    pub interrupted: Vec<PartitionId>,
 }
 
 /// Whether this node was marked down longer ago than tombstones are kept.
@@ -144,12 +171,14 @@ fn must_discard(cluster: &Cluster, grace: Duration) -> bool {
 
 /// Pulls `partitions` from the member `source` into this node — a merge by version with
 /// what it already holds, in which the source's tombstones win over older copies — then
-/// reports them synced through Raft.
+/// reports them synced through Raft. `since` is the epoch of the state that named `source`
+/// a holder: the report is void for partitions whose replica set changed after it.
 pub async fn pull(
     cluster: Arc<Cluster>,
     service: Arc<Service>,
     source: (NodeId, String),
     partitions: Vec<PartitionId>,
+    since: u64,
 ) -> anyhow::Result<Moved> {
     let me = cluster.id();
     let config = cluster.config().clone();
@@ -164,20 +193,25 @@ pub async fn pull(
     if partitions.is_empty() {
         return Ok(Moved::default());
     }
-    // After any drop of local copies decided earlier (it re-checks what is still held).
-    drop(cluster.drops.lock().await);
-    let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
-    if must_discard(&cluster, service.tombstones().grace()) {
-        // Down longer than tombstones are kept: deletes it missed may be forgotten by now,
-        // so its old copies cannot be merged safely.
-        let dropped = service.drop_partitions(params.partitions, &wanted).await?;
-        if dropped > 0 {
-            tracing::info!(
-                dropped,
-                "dropped local copies older than the tombstone grace period"
-            );
+    // After any drop of local copies decided earlier (it re-checks what is still held);
+    // drops from here on are seen in the ledger before reporting.
+    let drops_before = {
+        let _dropping = cluster.drops.lock().await;
+        if must_discard(&cluster, service.tombstones().grace()) {
+            // Down longer than tombstones are kept: deletes it missed may be forgotten by
+            // now, so its old copies cannot be merged safely.
+            let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
+            let dropped = service.drop_partitions(params.partitions, &wanted).await?;
+            cluster.dropped.record(&wanted);
+            if dropped > 0 {
+                tracing::info!(
+                    dropped,
+                    "dropped local copies older than the tombstone grace period"
+                );
+            }
         }
-    }
+        cluster.dropped.counts(&partitions)
+    };
     let started = Instant::now();
     let mut moved = Moved::default();
     let mut after = None;
@@ -227,11 +261,35 @@ pub async fn pull(
             None => break,
         }
     }
-    cluster
-        .propose(Command::PartitionsSynced {
-            node: me,
-            partitions,
-        })
-        .await?;
+    // Held until the report is applied: no drop slips in between the check and the report.
+    let dropping = cluster.drops.lock().await;
+    let drops_after = cluster.dropped.counts(&partitions);
+    let (synced, interrupted): (Vec<_>, Vec<_>) = partitions
+        .iter()
+        .zip(drops_before.iter().zip(&drops_after))
+        .partition(|(_, (before, after))| before == after);
+    moved.synced = synced.into_iter().map(|(p, _)| *p).collect();
+    moved.interrupted = interrupted.into_iter().map(|(p, _)| *p).collect();
+    if !moved.interrupted.is_empty() {
+        tracing::info!(
+            partitions = moved.interrupted.len(),
+            "local copies dropped during the transfer: copying them again"
+        );
+    }
+    if !moved.synced.is_empty() {
+        let answer = cluster
+            .propose(Command::PartitionsSynced {
+                node: me,
+                partitions: moved.synced.clone(),
+                since,
+            })
+            .await?;
+        // The leader applied the report; until this node has too, a drop decided on its
+        // older state could still delete what the report vouches for.
+        if let CommandResponse::Applied { epoch, .. } = answer {
+            cluster.applied(epoch, REPORT_APPLY_WAIT).await;
+        }
+    }
+    drop(dropping);
     Ok(moved)
 }

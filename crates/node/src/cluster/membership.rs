@@ -30,6 +30,10 @@ const PARALLEL_TRANSFERS: usize = 2;
 const LEAVE_VOTER_GRACE: Duration = Duration::from_secs(15);
 /// Failed attempts on a partition's owner before a transfer asks another holder.
 const OWNER_ATTEMPTS: usize = 5;
+/// How long a reported partition is not copied again while its report is being applied.
+const REPORT_SETTLE: Duration = Duration::from_secs(5);
+/// How often the copying still to do is logged.
+const PROGRESS_LOG_EVERY: Duration = Duration::from_secs(10);
 /// Pause before a failed transfer is tried again.
 const RETRY_AFTER: Duration = Duration::from_secs(1);
 
@@ -59,9 +63,11 @@ pub struct MembershipState {
     cluster: Arc<Cluster>,
     service: Arc<Service>,
     in_progress: HashSet<PartitionId>,
-    /// Partitions copied and reported synced, whose report this node has not applied yet:
-    /// copying them again would first drop the data it now serves.
-    reported: HashSet<PartitionId>,
+    /// Partitions copied and reported synced, and when: copying them again before this node
+    /// has applied the report would first drop the data it now serves. A report Raft
+    /// applied but found void (the replica set changed meanwhile) leaves the partition
+    /// gained, and it is copied again once [`REPORT_SETTLE`] has passed.
+    reported: std::collections::HashMap<PartitionId, std::time::Instant>,
     /// Failed transfer attempts per partition: the next attempt asks another holder.
     failures: std::collections::HashMap<PartitionId, usize>,
     /// Partitions this node held (in table or target) at the last state, once known.
@@ -71,6 +77,8 @@ pub struct MembershipState {
     gone_since: Option<std::time::Instant>,
     last_epoch: u64,
     last_leader: Option<u64>,
+    /// When the copying still to do was last logged.
+    last_progress_log: std::time::Instant,
     slots: Arc<Semaphore>,
     balancing: Arc<AtomicBool>,
     watcher: Option<tokio::task::JoinHandle<()>>,
@@ -127,13 +135,14 @@ impl Actor for Membership {
             cluster,
             service,
             in_progress: HashSet::new(),
-            reported: HashSet::new(),
+            reported: std::collections::HashMap::new(),
             failures: std::collections::HashMap::new(),
             held: None,
             was_member: false,
             gone_since: None,
             last_epoch: u64::MAX,
             last_leader: None,
+            last_progress_log: std::time::Instant::now(),
             slots: Arc::new(Semaphore::new(PARALLEL_TRANSFERS)),
             balancing: Arc::new(AtomicBool::new(false)),
             watcher: Some(watcher),
@@ -157,7 +166,7 @@ impl Actor for Membership {
                 if ok {
                     for p in &partitions {
                         state.in_progress.remove(p);
-                        state.reported.insert(*p);
+                        state.reported.insert(*p, std::time::Instant::now());
                     }
                 } else {
                     for p in &partitions {
@@ -211,8 +220,23 @@ fn on_change(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState) {
     cluster.forwards.prune(&state);
 
     let gaining: Vec<PartitionId> = state.gaining(me);
+    if !gaining.is_empty() && st.last_progress_log.elapsed() >= PROGRESS_LOG_EVERY {
+        st.last_progress_log = std::time::Instant::now();
+        let first = gaining[0];
+        tracing::info!(
+            epoch = state.epoch,
+            gaining = gaining.len(),
+            copying = gaining.iter().filter(|p| st.in_progress.contains(p)).count(),
+            reported = gaining.iter().filter(|p| st.reported.contains_key(p)).count(),
+            example = first,
+            table = ?state.table.replicas(first),
+            target = ?state.target.replicas(first),
+            "partitions still to copy"
+        );
+    }
     let receiving: HashSet<PartitionId> = gaining.iter().copied().collect();
-    st.reported.retain(|p| receiving.contains(p));
+    st.reported
+        .retain(|p, at| receiving.contains(p) && at.elapsed() < REPORT_SETTLE);
     start_transfers(myself, st, &state, gaining);
     drop_released(st, &state);
 
@@ -257,7 +281,7 @@ fn start_transfers(
     let mut by_source: BTreeMap<(NodeId, String), Vec<PartitionId>> = BTreeMap::new();
     let mut empty = Vec::new();
     for p in gaining {
-        if st.in_progress.contains(&p) || st.reported.contains(&p) {
+        if st.in_progress.contains(&p) || st.reported.contains_key(&p) {
             continue;
         }
         let holders: Vec<NodeId> = state
@@ -289,6 +313,7 @@ fn start_transfers(
             None => empty.push(p),
         }
     }
+    let since = state.epoch;
     if !empty.is_empty() {
         // Nobody holds these partitions: there is nothing to copy.
         st.in_progress.extend(empty.iter().copied());
@@ -298,6 +323,7 @@ fn start_transfers(
                 .propose(Command::PartitionsSynced {
                     node: me,
                     partitions: empty.clone(),
+                    since,
                 })
                 .await
                 .is_ok();
@@ -317,8 +343,9 @@ fn start_transfers(
             };
             let count = partitions.len();
             tracing::info!(from = %source.0, partitions = count, "receiving partitions");
-            let result = handoff::pull(cluster, service, source.clone(), partitions.clone()).await;
-            let ok = match result {
+            let result =
+                handoff::pull(cluster, service, source.clone(), partitions.clone(), since).await;
+            match result {
                 Ok(moved) => {
                     tracing::info!(
                         from = %source.0,
@@ -327,14 +354,22 @@ fn start_transfers(
                         bytes = moved.bytes,
                         "partitions received"
                     );
-                    true
+                    let _ = actor.cast(MembershipMsg::TransferDone {
+                        partitions: moved.synced,
+                        ok: true,
+                    });
+                    // The rest (interrupted by a drop, or already in effect here) are
+                    // copied again at the next change if this node still gains them.
+                    let _ = actor.cast(MembershipMsg::Retry { partitions });
                 }
                 Err(e) => {
                     tracing::warn!(from = %source.0, error = %e, "partition transfer failed; will retry");
-                    false
+                    let _ = actor.cast(MembershipMsg::TransferDone {
+                        partitions,
+                        ok: false,
+                    });
                 }
-            };
-            let _ = actor.cast(MembershipMsg::TransferDone { partitions, ok });
+            }
         });
     }
 }
@@ -368,6 +403,9 @@ fn drop_released(st: &mut MembershipState, state: &ClusterState) {
                 if released.is_empty() {
                     return;
                 }
+                // Counted before the data goes: a transfer of these partitions running now
+                // will not report them.
+                cluster.dropped.record(&released);
                 match service.drop_partitions(partitions, &released).await {
                     Ok(n) => tracing::info!(
                         partitions = released.len(),

@@ -83,9 +83,42 @@ pub struct Cluster {
     joining: parking_lot::Mutex<std::collections::HashSet<u64>>,
     /// This node's ownership lease and, on the leader, failure detection.
     pub(crate) leases: Leases,
-    /// Held while local copies of partitions are dropped; a transfer waits for it before it
-    /// starts, so a drop decided earlier never deletes data a transfer has just brought.
+    /// Held while local copies of partitions are dropped, and by a transfer while it notes
+    /// the drop counts and while it reports (see [`handoff`]).
     pub(crate) drops: tokio::sync::Mutex<()>,
+    /// How many times each partition's local copy was dropped.
+    pub(crate) dropped: DropLedger,
+}
+
+/// How many times this node has dropped its local copy of each partition.
+///
+/// A transfer notes the counts of its partitions before it copies and compares them before
+/// it reports: a partition dropped in between (its target left this node and came back
+/// while the copy ran) lost part of what was copied, and is copied again instead. A source
+/// compares them on every page it serves, so a transfer never reads a partition the source
+/// is deleting.
+#[derive(Debug, Default)]
+pub(crate) struct DropLedger {
+    counts: parking_lot::Mutex<std::collections::HashMap<PartitionId, u64>>,
+}
+
+impl DropLedger {
+    /// Records a drop of each of `partitions` (before their data goes).
+    pub(crate) fn record<'a>(&self, partitions: impl IntoIterator<Item = &'a PartitionId>) {
+        let mut counts = self.counts.lock();
+        for p in partitions {
+            *counts.entry(*p).or_default() += 1;
+        }
+    }
+
+    /// The drop count of each of `partitions`, in order.
+    pub(crate) fn counts(&self, partitions: &[PartitionId]) -> Vec<u64> {
+        let counts = self.counts.lock();
+        partitions
+            .iter()
+            .map(|p| counts.get(p).copied().unwrap_or(0))
+            .collect()
+    }
 }
 
 impl Cluster {
@@ -106,6 +139,7 @@ impl Cluster {
             joining: parking_lot::Mutex::new(std::collections::HashSet::new()),
             leases: Leases::new(1, 2, false),
             drops: tokio::sync::Mutex::new(()),
+            dropped: DropLedger::default(),
         }
     }
 
@@ -135,6 +169,7 @@ impl Cluster {
             joining: parking_lot::Mutex::new(std::collections::HashSet::new()),
             leases,
             drops: tokio::sync::Mutex::new(()),
+            dropped: DropLedger::default(),
         }
     }
 
@@ -226,6 +261,12 @@ impl Cluster {
     pub async fn wait_for_epoch(&self, epoch: u64, limit: Duration) {
         let mut rx = self.epoch.subscribe();
         let _ = tokio::time::timeout(limit, rx.wait_for(|e| *e >= epoch)).await;
+    }
+
+    /// Waits (up to `limit`) until this node's state machine has applied `epoch`.
+    pub(crate) async fn applied(&self, epoch: u64, limit: Duration) {
+        let mut rx = self.state.clone();
+        let _ = tokio::time::timeout(limit, rx.wait_for(|s| s.epoch >= epoch)).await;
     }
 
     /// The QUIC address of a member (from the state machine, else Raft's membership).

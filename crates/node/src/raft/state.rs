@@ -47,6 +47,11 @@ pub struct ClusterState {
     /// data instead of merging it.
     #[serde(default)]
     pub down_since: BTreeMap<NodeId, u64>,
+    /// The epoch at which each partition's replica set in effect last changed (absent: at
+    /// [`Command::Init`]). A transfer that began before its partition's replica set changed
+    /// copied from a holder that may have stopped receiving writes, so its report is void.
+    #[serde(default)]
+    pub table_changed: BTreeMap<PartitionId, u64>,
 }
 
 /// A change to the cluster state, proposed through Raft.
@@ -93,12 +98,15 @@ pub enum Command {
         node: NodeId,
     },
     /// `node` now holds the data of these partitions for the target table (hand-off progress).
-    /// Reports for partitions that no longer move to `node` are ignored.
+    /// Reports for partitions that no longer move to `node`, or whose replica set in effect
+    /// changed after epoch `since`, are ignored.
     PartitionsSynced {
         /// The member that copied the data.
         node: NodeId,
         /// The partitions it now holds.
         partitions: Vec<PartitionId>,
+        /// The epoch of the state the copy was planned on: its source was a holder then.
+        since: u64,
     },
 }
 
@@ -169,8 +177,12 @@ impl ClusterState {
                     self.replan();
                 }
             }
-            Command::PartitionsSynced { node, partitions } => {
-                self.synced_report(*node, partitions);
+            Command::PartitionsSynced {
+                node,
+                partitions,
+                since,
+            } => {
+                self.synced_report(*node, partitions, *since);
             }
         }
         self.settle_partitions();
@@ -184,6 +196,9 @@ impl ClusterState {
         let changed = self.members != members_before || self.table != table_before;
         if changed {
             self.epoch += 1;
+            for p in self.table.changed(&table_before) {
+                self.table_changed.insert(p, self.epoch);
+            }
         }
         CommandResponse::Applied {
             epoch: self.epoch,
@@ -292,6 +307,7 @@ impl ClusterState {
             synced: BTreeMap::new(),
             write_quorum,
             down_since: BTreeMap::new(),
+            table_changed: BTreeMap::new(),
         };
         CommandResponse::Applied {
             epoch: self.epoch,
@@ -353,9 +369,13 @@ impl ClusterState {
         };
     }
 
-    fn synced_report(&mut self, node: NodeId, partitions: &[PartitionId]) {
+    fn synced_report(&mut self, node: NodeId, partitions: &[PartitionId], since: u64) {
         for &p in partitions {
-            if self.target.replicas(p).contains(&node) && !self.table.replicas(p).contains(&node) {
+            let stale = self.table_changed.get(&p).is_some_and(|&at| at > since);
+            if !stale
+                && self.target.replicas(p).contains(&node)
+                && !self.table.replicas(p).contains(&node)
+            {
                 self.synced.entry(p).or_default().insert(node);
             }
         }
@@ -485,6 +505,7 @@ mod tests {
         s.apply(&Command::PartitionsSynced {
             node: NodeId(node),
             partitions,
+            since: s.epoch,
         })
     }
 
@@ -505,6 +526,7 @@ mod tests {
             Command::PartitionsSynced {
                 node: NodeId(2),
                 partitions: vec![0],
+                since: 0,
             },
         ] {
             assert!(matches!(s.apply(&cmd), CommandResponse::Rejected { .. }));
@@ -658,6 +680,7 @@ mod tests {
         let r = s.apply(&Command::PartitionsSynced {
             node: NodeId(2),
             partitions: vec![p],
+            since: s.epoch,
         });
         assert_eq!(
             r,
@@ -674,6 +697,7 @@ mod tests {
         let r = s.apply(&Command::PartitionsSynced {
             node: NodeId(3),
             partitions: vec![p],
+            since: s.epoch,
         });
         assert_eq!(
             r,
@@ -827,6 +851,7 @@ mod tests {
             let r = s.apply(&Command::PartitionsSynced {
                 node: NodeId(node),
                 partitions,
+                since: s.epoch,
             });
             assert_eq!(
                 r,
@@ -837,6 +862,51 @@ mod tests {
             );
         }
         assert_eq!(s, before);
+    }
+
+    #[test]
+    fn a_report_planned_before_the_replica_set_changed_is_void() {
+        let mut s = bootstrapped();
+        for id in [2, 3] {
+            s.apply(&Command::AddMember { member: member(id) });
+            sync_all(&mut s, id);
+        }
+        s.apply(&Command::AddMember { member: member(4) });
+        let planned = s.epoch;
+        let before = s.table.clone();
+        // Node 3 fails while node 4 copies: partitions it held change hands at once.
+        s.apply(&Command::MarkDown {
+            node: NodeId(3),
+            at_ms: 0,
+        });
+        let gaining = s.gaining(NodeId(4));
+        let changed = gaining
+            .iter()
+            .copied()
+            .find(|&p| before.replicas(p).contains(&NodeId(3)))
+            .expect("node 4 still gains a partition node 3 held");
+        let unchanged = gaining
+            .iter()
+            .copied()
+            .find(|&p| !before.replicas(p).contains(&NodeId(3)))
+            .expect("node 4 still gains a partition node 3 did not hold");
+        assert_eq!(s.table_changed.get(&changed), Some(&s.epoch));
+        s.apply(&Command::PartitionsSynced {
+            node: NodeId(4),
+            partitions: vec![changed, unchanged],
+            since: planned,
+        });
+        // The copy of `changed` may come from node 3, which no longer receives its writes.
+        let still = s.gaining(NodeId(4));
+        assert!(still.contains(&changed));
+        assert!(!still.contains(&unchanged));
+        // Copied again from a current holder, it counts.
+        s.apply(&Command::PartitionsSynced {
+            node: NodeId(4),
+            partitions: vec![changed],
+            since: s.epoch,
+        });
+        assert!(!s.gaining(NodeId(4)).contains(&changed));
     }
 
     #[test]
@@ -955,6 +1025,7 @@ mod tests {
         s.apply(&Command::PartitionsSynced {
             node: NodeId(2),
             partitions: gaining,
+            since: s.epoch,
         });
         assert_eq!(s, before);
     }
@@ -969,6 +1040,7 @@ mod tests {
         let cmd = Command::PartitionsSynced {
             node: NodeId(2),
             partitions: vec![1, 2],
+            since: 7,
         };
         let bytes = postcard::to_stdvec(&cmd).unwrap();
         assert_eq!(postcard::from_bytes::<Command>(&bytes).unwrap(), cmd);
