@@ -12,12 +12,18 @@
 //! | `video:abc123:transcript:lang=auto:model=base`                        | `transcripts/abc123/lang=auto,model=base.json`        |
 //! | `video:abc123:descriptions:model=qwen`                                | `descriptions/abc123/model=qwen.json`                 |
 //! | `video:abc123:segment_frames:segment_id=0:start_time=0.0:end_time=6.0:frame_1` | `segments/abc123/segment_0_start_0.0_end_6.0/frame_1.jpg` |
+//! | `video:abc123:segment_frames:end_time=6.0:max_frames=12:sampling_fps=2.0:segment_id=0:start_time=0.0:frame_1` | `segments/abc123/segment_0_start_0.0_end_6.0/max_frames=12,sampling_fps=2.0/frame_1.jpg` |
 //! | `embedding:colpali:a3f2e9d8c7b6a5f4` (any other key)                  | `embedding/colpali/a3f2e9d8c7b6a5f4.npy`              |
 //! | a key too long for a path                                             | `_hashed/3f/3f9c….bin`                                |
 //!
 //! The extension is the value's ([`Format::extension`](strata_proto::Format::extension)):
 //! `.jpg` for JPEG frames, `.npy` for tensors, `.json` for records, `.bin` for bytes. Next to
 //! each data file sits its `.meta` sidecar (`frame_42.jpg.meta`).
+//!
+//! A segment's directory is named after its `segment_id`, `start_time` and `end_time`
+//! parameters, found by name in any order; other parameters get a directory of their own
+//! below it (see `segment_dirs` for how a parameter order other than the reference's or the
+//! sorted one is kept).
 //!
 //! Unlike the reference, the mapping keeps every part of the key — including artifact
 //! parameters — so that it is **injective**: two keys never share a file. It is also
@@ -173,24 +179,68 @@ fn structured(key: &str) -> Option<(Vec<String>, String)> {
             }
         }
         "segment_frames" => {
-            let [id, start, end, extra @ ..] = params else {
-                return None;
-            };
-            let id = id.strip_prefix("segment_id=").filter(|v| is_number(v))?;
-            let start = start.strip_prefix("start_time=").filter(|v| is_number(v))?;
-            let end = end.strip_prefix("end_time=").filter(|v| is_number(v))?;
-            let mut dirs = vec![
-                "segments".to_owned(),
-                video_dir,
-                format!("segment_{id}_start_{start}_end_{end}"),
-            ];
-            if !extra.is_empty() {
-                dirs.push(protect_dir(join_params(extra)));
+            let (segment, extra) = segment_dirs(params)?;
+            let mut dirs = vec!["segments".to_owned(), video_dir, segment];
+            if let Some(extra) = extra {
+                dirs.push(extra);
             }
             Some((dirs, item.unwrap_or("metadata").to_owned()))
         }
         _ => None,
     }
+}
+
+/// The parameters a segment's directory is named after, in the reference's order.
+const SEGMENT_PARAMS: [&str; 3] = ["segment_id", "start_time", "end_time"];
+
+/// The directories of a segment key's parameters: `segment_{id}_start_{start}_end_{end}`,
+/// with `segment_id`, `start_time` and `end_time` picked by name wherever they are, then —
+/// if needed — one directory with the other parameters (`max_frames=12,sampling_fps=2.0`).
+///
+/// Two parameter orders need nothing more: the reference's (`segment_id`, `start_time`,
+/// `end_time` alone, in that order) and, when there are other parameters, the order sorted
+/// by name that clients write. Any other order is kept in the second directory, which then
+/// lists every parameter in key order, the three named ones as their bare names
+/// (`segment_id,start_time,end_time,max_frames=12`), so no two keys share a path. `None`
+/// (the generic layout) if a named parameter is missing, repeated or not a number.
+fn segment_dirs(params: &[&str]) -> Option<(String, Option<String>)> {
+    let mut values: [Option<&str>; 3] = [None; 3];
+    let mut extra: Vec<&str> = Vec::new();
+    let mut order: Vec<String> = Vec::with_capacity(params.len());
+    for param in params {
+        let (name, value) = param.split_once('=')?;
+        match SEGMENT_PARAMS.iter().position(|n| *n == name) {
+            Some(i) => {
+                if values[i].is_some() || !is_number(value) {
+                    return None;
+                }
+                values[i] = Some(value);
+                order.push(name.to_owned());
+            }
+            None => {
+                extra.push(param);
+                order.push(escape(param));
+            }
+        }
+    }
+    let [Some(id), Some(start), Some(end)] = values else {
+        return None;
+    };
+    let segment = format!("segment_{id}_start_{start}_end_{end}");
+    let names: Vec<&str> = params
+        .iter()
+        .map(|p| p.split_once('=').map_or(*p, |(name, _)| name))
+        .collect();
+    let reference_order = extra.is_empty() && names == SEGMENT_PARAMS;
+    let sorted_by_name = !extra.is_empty() && names.windows(2).all(|w| w[0] < w[1]);
+    let extra_dir = if reference_order {
+        None
+    } else if sorted_by_name {
+        Some(protect_dir(join_params(&extra)))
+    } else {
+        Some(protect_dir(order.join(",")))
+    };
+    Some((segment, extra_dir))
 }
 
 /// A video id that can be a directory name as it is: safe characters, no `=`, no leading dot.
@@ -352,13 +402,39 @@ mod tests {
                 let (id, rest) = rest.split_once("_start_")?;
                 let (start, end) = rest.split_once("_end_")?;
                 segments.extend(["video".into(), unescape(video)?, "segment_frames".into()]);
-                segments.extend([
+                let named = [
                     format!("segment_id={id}"),
                     format!("start_time={start}"),
                     format!("end_time={end}"),
-                ]);
-                if let [p] = params {
-                    segments.extend(split_params(p)?);
+                ];
+                let listed = match params {
+                    [] => Vec::new(),
+                    [p] => split_params(p)?,
+                    _ => return None,
+                };
+                let by_name = |name: &str| {
+                    SEGMENT_PARAMS
+                        .iter()
+                        .position(|n| *n == name)
+                        .map(|i| named[i].clone())
+                };
+                if listed.is_empty() {
+                    // The reference's order.
+                    segments.extend(named.iter().cloned());
+                } else if listed.iter().any(|p| !p.contains('=')) {
+                    // An explicit order: the named parameters by their bare names.
+                    for p in listed {
+                        segments.push(if p.contains('=') { p } else { by_name(&p)? });
+                    }
+                } else {
+                    // Sorted by name.
+                    let mut all: Vec<String> = listed.into_iter().chain(named).collect();
+                    all.sort_by(|a, b| {
+                        a.split_once('=')
+                            .map(|x| x.0)
+                            .cmp(&b.split_once('=').map(|x| x.0))
+                    });
+                    segments.extend(all);
                 }
                 segments.extend(item(stem)?);
             }
@@ -413,6 +489,37 @@ mod tests {
                 "video:abc123:segment_frames:segment_id=0:start_time=0.0:end_time=6.0",
                 "segments/abc123/segment_0_start_0.0_end_6.0/metadata",
             ),
+            // The order clients write: parameters sorted by name.
+            (
+                "video:abc123:segment_frames:end_time=6.0:max_frames=12:sampling_fps=2.0:segment_id=0:start_time=0.0:frame_3",
+                "segments/abc123/segment_0_start_0.0_end_6.0/max_frames=12,sampling_fps=2.0/frame_3",
+            ),
+            (
+                "video:long_video:segment_frames:end_time=120.5:max_frames=60:sampling_fps=0.25:segment_id=3:start_time=90.0",
+                "segments/long_video/segment_3_start_90.0_end_120.5/max_frames=60,sampling_fps=0.25/metadata",
+            ),
+            // Any other order is spelled out, so that it gets a path of its own.
+            (
+                "video:abc123:segment_frames:end_time=6.0:segment_id=0:start_time=0.0:frame_1",
+                "segments/abc123/segment_0_start_0.0_end_6.0/end_time,segment_id,start_time/frame_1",
+            ),
+            (
+                "video:abc123:segment_frames:segment_id=0:start_time=0.0:end_time=6.0:max_frames=12:frame_1",
+                "segments/abc123/segment_0_start_0.0_end_6.0/segment_id,start_time,end_time,max_frames=12/frame_1",
+            ),
+            // A named parameter missing, repeated or not a number: the generic layout.
+            (
+                "video:abc123:segment_frames:segment_id=0:start_time=0.0:frame_1",
+                "video/abc123/segment_frames/segment_id=0/start_time=0.0/frame_1",
+            ),
+            (
+                "video:abc123:segment_frames:segment_id=0:segment_id=0:start_time=0.0:end_time=6.0",
+                "video/abc123/segment_frames/segment_id=0/segment_id=0/start_time=0.0/end_time=6.0",
+            ),
+            (
+                "video:abc123:segment_frames:segment_id=a_b:start_time=0.0:end_time=6.0",
+                "video/abc123/segment_frames/segment_id=a_b/start_time=0.0/end_time=6.0",
+            ),
             (
                 "embedding:colpali:a3f2e9d8c7b6a5f4",
                 "embedding/colpali/a3f2e9d8c7b6a5f4",
@@ -462,6 +569,8 @@ mod tests {
             "(keyframes|transcript|descriptions|segment_frames|video|metadata)",
             "segment_id=[0-9]{1,2}",
             "(start|end)_time=[0-9]{1,2}\\.[0-9]",
+            "(max_frames|sampling_fps)=[0-9]{1,2}",
+            "(segment_id|start_time|end_time)",
             "\\.{1,2}",
             "[a-z]{1,4}\\.(json|jpg|npy|bin|meta)",
             "",
@@ -472,8 +581,60 @@ mod tests {
             .prop_filter("valid key", |k| Key::new(k).is_ok())
     }
 
+    /// Segment keys: the named parameters in any order among others, maybe repeated.
+    fn arb_segment_key() -> impl Strategy<Value = String> {
+        let extra = proptest::collection::vec(
+            prop_oneof![
+                "(max_frames|sampling_fps)=[0-9]{1,2}",
+                "(segment_id|start_time|end_time)=[0-9]\\.[0-9]",
+                "[a-z_]{1,6}=[a-z0-9.,]{0,4}",
+            ],
+            0..3,
+        );
+        (
+            extra,
+            "[0-9]{1,2}",
+            "[0-9]\\.[0-9]",
+            "[0-9]{1,2}\\.5",
+            proptest::option::of("frame_[0-9]{1,2}"),
+        )
+            .prop_flat_map(|(extra, id, start, end, frame)| {
+                let mut params = extra;
+                params.extend([
+                    format!("segment_id={id}"),
+                    format!("start_time={start}"),
+                    format!("end_time={end}"),
+                ]);
+                (Just(params).prop_shuffle(), Just(frame))
+            })
+            .prop_map(|(params, frame)| {
+                let mut key = format!("video:abc123:segment_frames:{}", params.join(":"));
+                if let Some(frame) = frame {
+                    key.push(':');
+                    key.push_str(&frame);
+                }
+                key
+            })
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(4096))]
+
+        /// Segment keys in any parameter order decode back to themselves.
+        #[test]
+        fn segment_mapping_is_injective(key in arb_segment_key()) {
+            let p = entry_path(&ns(), &Key::new(&key).unwrap());
+            prop_assert_eq!(decode(&p), Some(key));
+        }
+
+        /// Pairs of segment keys that differ only in order never share a path.
+        #[test]
+        fn segment_orders_get_distinct_paths(a in arb_segment_key(), b in arb_segment_key()) {
+            prop_assume!(a != b);
+            let pa = entry_path(&ns(), &Key::new(&a).unwrap());
+            let pb = entry_path(&ns(), &Key::new(&b).unwrap());
+            prop_assert_ne!(pa, pb);
+        }
 
         /// Decoding the path gives back the key, so no two keys share a path.
         #[test]
