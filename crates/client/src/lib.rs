@@ -36,24 +36,41 @@
 //!   the ring after failures.
 //! - [`client`]: [`Client`], the typed calls, retries, per-owner batches and cluster-wide
 //!   calls on top.
+//! - [`embedding`]: [`EmbeddingCache`], embeddings keyed by model and text, ndarray in and
+//!   out with dtype and shape preserved, batches, hit/miss statistics.
+//! - [`artifact`]: [`ArtifactCache`], one pipeline profile's keyframes, transcripts, frame
+//!   descriptions and segment frames, under the reference's keys; `invalidate_video`.
+//! - [`jpeg`]: the JPEG codec of the artifact cache (RGB arrays in and out).
+//! - [`cache_error`]: [`CacheError`], why a typed-cache call failed.
 //! - [`cluster`]: cluster-wide views — [`Membership`], [`ClusterStats`] — and how
 //!   statistics and key listings from several members are merged.
 //! - `batch`: how one owner's share of a batch call is cut into requests (pure functions).
 //! - [`tls`]: rustls/quinn configuration from the certificate files.
 //! - [`io`]: frames and streamed bodies on QUIC streams (shared with the node).
 
+pub mod artifact;
+pub mod cache_error;
 pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod connection;
+pub mod embedding;
 pub mod error;
 pub mod io;
+pub mod jpeg;
 pub mod routing;
 pub mod tls;
 
 mod batch;
 
+pub use artifact::{
+    ArtifactCache, CachedKeyframes, CachedSegment, DescriptionParams, FrameImage, KeyframeInfo,
+    KeyframeParams, KeyframeStrategy, KeyframesMetadata, PipelineConfig, SegmentMetadata,
+    SegmentParams, TranscriptParams, VideoArtifacts, VideoId,
+};
+pub use cache_error::CacheError;
 pub use client::{Client, KeysPage};
 pub use cluster::{ClusterStats, Membership, NodeStats};
 pub use config::{ClientConfig, TlsFiles};
+pub use embedding::{EmbeddingCache, EmbeddingCacheBuilder, EmbeddingStats};
 pub use error::Error;
