@@ -22,11 +22,14 @@
 //! waits `failure_timeout_ms > lease_ms` after the last contact. A pause anywhere only makes
 //! the member's lease end sooner relative to the leader's view.
 //!
-//! The leader's own lease comes from a majority of voters: it is counted from the
-//! majority-th most recent contact. A deposed leader (cut off on a minority side) therefore
-//! stops granting leases, and its own lapses, within `lease_ms` of losing the majority; the new
-//! leader is elected only after an election timeout, and then waits `failure_timeout_ms` of
-//! its own before it marks anyone down.
+//! The leader's own lease is confirmed by a quorum every heartbeat: the leader notes the time
+//! `s`, sends Raft heartbeats, and once a majority of voters has acknowledged them holds its
+//! lease until `s + lease_ms`. Those voters will not elect another leader before an election
+//! timeout (> `lease_ms`) without heartbeats. A deposed leader (cut off on a minority side, or
+//! frozen and woken) cannot get that confirmation, so it stops granting leases and its own
+//! lapses within `lease_ms`; the new leader then waits `failure_timeout_ms` of its own before
+//! it marks anyone down. (Counting lease *requests* instead would not do: requests sent to a
+//! leader that was frozen wait in its socket and look fresh when it wakes.)
 //!
 //! Leases are also how a member that comes back is kept from answering too early: a node
 //! that restarts with its data directory serves nothing until its [`Command::Restarted`]
@@ -56,6 +59,8 @@ pub struct Leases {
     failure_timeout: Duration,
     /// This node's lease: valid until then.
     until: Mutex<Option<Instant>>,
+    /// Leader side: the lease a quorum last confirmed, and in which term.
+    leader_until: Mutex<Option<(u64, Instant)>>,
     /// The leader's epoch at the last grant: the lease counts only once this node has
     /// applied it.
     granted_epoch: AtomicU64,
@@ -77,6 +82,7 @@ impl Leases {
             lease_ms,
             failure_timeout: Duration::from_millis(failure_timeout_ms),
             until: Mutex::new(None),
+            leader_until: Mutex::new(None),
             granted_epoch: AtomicU64::new(0),
             rejoined: AtomicBool::new(!restarted),
             contacts: Mutex::new(HashMap::new()),
@@ -125,26 +131,12 @@ impl Leases {
         *self.until.lock() = None;
     }
 
-    /// Leader side: the lease this leader holds from a majority of `voters` (itself
-    /// included), as an end time.
-    fn own_until(&self, me: NodeId, voters: &[NodeId], now: Instant) -> Option<Instant> {
-        let contacts = self.contacts.lock();
-        let mut times: Vec<Instant> = voters
-            .iter()
-            .filter_map(|v| {
-                if *v == me {
-                    Some(now)
-                } else {
-                    contacts.get(v).copied()
-                }
-            })
-            .collect();
-        let majority = voters.len() / 2 + 1;
-        if times.len() < majority {
-            return None;
+    /// Leader side: until when this leader's own lease runs in `term`, if a quorum confirmed it.
+    fn own_until(&self, term: u64) -> Option<Instant> {
+        match *self.leader_until.lock() {
+            Some((t, until)) if t == term => Some(until),
+            _ => None,
         }
-        times.sort_unstable_by(|a, b| b.cmp(a));
-        Some(times[majority - 1] + Duration::from_millis(self.lease_ms))
     }
 }
 
@@ -172,12 +164,11 @@ impl Cluster {
         let now = Instant::now();
         self.leases.contacts.lock().insert(node, now);
         let state = self.state();
-        let voters = voters(&metrics);
         let known = state
             .members
             .get(&node)
             .is_some_and(|m| m.state != MemberState::Down);
-        let granted_ms = match self.leases.own_until(self.me.id, &voters, now) {
+        let granted_ms = match self.leases.own_until(metrics.current_term) {
             Some(until) if known => until.saturating_duration_since(now).as_millis() as u64,
             _ => 0,
         };
@@ -187,16 +178,6 @@ impl Cluster {
             granted_ms: granted_ms.min(self.leases.lease_ms),
         })
     }
-}
-
-/// The Raft voters in `metrics`.
-fn voters(metrics: &openraft::RaftMetrics<u64, crate::raft::PeerNode>) -> Vec<NodeId> {
-    metrics
-        .membership_config
-        .membership()
-        .voter_ids()
-        .map(NodeId)
-        .collect()
 }
 
 /// Renews this node's lease every heartbeat and, on the leader, marks silent members down;
@@ -219,7 +200,7 @@ pub async fn run(cluster: Arc<Cluster>) {
         let metrics = raft.metrics().borrow().clone();
         let me = cluster.id();
         if metrics.state == ServerState::Leader && metrics.current_leader == Some(me.0) {
-            lead(&cluster, metrics.current_term, &voters(&metrics)).await;
+            lead(&cluster, &raft, metrics.current_term).await;
         } else {
             *cluster.leases.leading.lock() = None;
             // Renewals overlap: one slow answer does not hold up the next request.
@@ -263,7 +244,15 @@ async fn renew(cluster: &Cluster, leader: Option<u64>) {
 }
 
 /// Leader duties: hold the leader's own lease and mark silent members down.
-async fn lead(cluster: &Cluster, term: u64, voters: &[NodeId]) {
+async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>, term: u64) {
+    // Confirmed by a quorum's acknowledgement of heartbeats sent after `sent`.
+    let sent = Instant::now();
+    let lease = Duration::from_millis(cluster.leases.lease_ms);
+    let confirmed = matches!(
+        tokio::time::timeout(lease, raft.get_read_log_id()).await,
+        Ok(Ok(_))
+    );
+    *cluster.leases.leader_until.lock() = confirmed.then_some((term, sent + lease));
     let now = Instant::now();
     let since = {
         let mut leading = cluster.leases.leading.lock();
@@ -279,7 +268,7 @@ async fn lead(cluster: &Cluster, term: u64, voters: &[NodeId]) {
         }
     };
     let me = cluster.id();
-    let own = cluster.leases.own_until(me, voters, now);
+    let own = cluster.leases.own_until(term);
     match own {
         Some(until) => {
             let state = cluster.state();
