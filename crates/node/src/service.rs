@@ -121,6 +121,12 @@ impl Service {
                 Ok(()) => *inner,
                 Err(answer) => return (answer, Vec::new()),
             },
+            scan @ Request::ScanPartitions { .. } => {
+                if let Err(e) = self.check_source_epoch(epoch).await {
+                    return (Response::Error(e), Vec::new());
+                }
+                scan
+            }
             other => {
                 if let Some(redirect) = self.check_route(epoch, &other).await {
                     return (redirect, Vec::new());
@@ -163,6 +169,25 @@ impl Service {
         }
         // The owner answers only under a valid lease (see `cluster::lease`).
         self.cluster.serving().err().map(Response::Error)
+    }
+
+    /// A transfer source must have applied the receiver's epoch before it serves a page: it
+    /// registers the receiver for forwarded writes, and prunes that registration, by its own
+    /// state, which must already name the receiver a new holder (an older one would drop the
+    /// registration, and writes acknowledged meanwhile would miss the receiver).
+    async fn check_source_epoch(&self, epoch: u64) -> Outcome<()> {
+        if !self.cluster.is_clustered() {
+            return Ok(());
+        }
+        self.cluster.catch_up(epoch).await;
+        let applied = self.cluster.state().epoch;
+        if applied < epoch {
+            return Err(WireError::new(
+                ErrorCode::NotReady,
+                format!("this source has applied epoch {applied}, behind the receiver's {epoch}"),
+            ));
+        }
+        Ok(())
     }
 
     /// A read sent to a replica because the owner could not be reached: allowed only when

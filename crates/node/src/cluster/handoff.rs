@@ -224,7 +224,8 @@ pub async fn pull(
         };
         let (response, bodies) = cluster
             .peers()
-            .call(&source.1, cluster.epoch(), request, &[], PAGE_TIMEOUT)
+            // The epoch of this node's state: the source must have applied it too.
+            .call(&source.1, cluster.state().epoch, request, &[], PAGE_TIMEOUT)
             .await?;
         let Response::Scanned {
             entries,
