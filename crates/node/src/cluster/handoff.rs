@@ -152,11 +152,9 @@ pub struct Moved {
     pub entries: u64,
     /// Payload bytes received.
     pub bytes: u64,
-    /// Partitions reported synced.
+    /// Partitions reported synced (the others were dropped here while they were copied, and
+    /// are copied again).
     pub synced: Vec<PartitionId>,
-    /// Partitions whose local copy was dropped while they were copied: not reported, to be
-    /// copied again.
-    pub interrupted: Vec<PartitionId>,
 }
 
 /// Whether this node was marked down longer ago than tombstones are kept.
@@ -265,15 +263,16 @@ pub async fn pull(
     // Held until the report is applied: no drop slips in between the check and the report.
     let dropping = cluster.drops.lock().await;
     let drops_after = cluster.dropped.counts(&partitions);
-    let (synced, interrupted): (Vec<_>, Vec<_>) = partitions
+    moved.synced = partitions
         .iter()
         .zip(drops_before.iter().zip(&drops_after))
-        .partition(|(_, (before, after))| before == after);
-    moved.synced = synced.into_iter().map(|(p, _)| *p).collect();
-    moved.interrupted = interrupted.into_iter().map(|(p, _)| *p).collect();
-    if !moved.interrupted.is_empty() {
+        .filter(|(_, (before, after))| before == after)
+        .map(|(p, _)| *p)
+        .collect();
+    let interrupted = partitions.len() - moved.synced.len();
+    if interrupted > 0 {
         tracing::info!(
-            partitions = moved.interrupted.len(),
+            partitions = interrupted,
             "local copies dropped during the transfer: copying them again"
         );
     }

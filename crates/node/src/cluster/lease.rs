@@ -252,7 +252,8 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
         tokio::time::timeout(lease, raft.get_read_log_id()).await,
         Ok(Ok(_))
     );
-    *cluster.leases.leader_until.lock() = confirmed.then_some((term, sent + lease));
+    let own = confirmed.then_some(sent + lease);
+    *cluster.leases.leader_until.lock() = own.map(|until| (term, until));
     let now = Instant::now();
     let since = {
         let mut leading = cluster.leases.leading.lock();
@@ -268,7 +269,6 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
         }
     };
     let me = cluster.id();
-    let own = cluster.leases.own_until(term);
     match own {
         Some(until) => {
             let state = cluster.state();
