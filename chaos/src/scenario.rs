@@ -470,6 +470,8 @@ pub async fn run(config: &RunConfig) -> Result<ScenarioSummary> {
 const RECOVERY_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the keys of a failed node are probed for.
 const PROBE_WITHIN: Duration = Duration::from_secs(30);
+/// Bound on preparing a probe (connecting, warming its client) before a fault.
+const PROBE_PREPARE: Duration = Duration::from_secs(10);
 /// A fault after which the ring has not changed counts as recovered after this long.
 const QUIET_RECOVERY: Duration = Duration::from_secs(5);
 
@@ -536,6 +538,24 @@ async fn play(
                 .collect(),
             _ => Vec::new(),
         };
+        // Writes are probed on keys of their own namespace that the failed nodes own.
+        let probe_writes: Vec<String> = match &ring_before {
+            Some(ring) if !owned.is_empty() => (0..100 * workload::PROBE_SAMPLE)
+                .map(|i| format!("probe-{i}"))
+                .filter(|k| {
+                    ring.owner_of(workload::PROBE_NAMESPACE, k)
+                        .is_some_and(|o| targets.contains(&o.0))
+                })
+                .take(workload::PROBE_SAMPLE)
+                .collect(),
+            _ => Vec::new(),
+        };
+        let probe = if owned.is_empty() {
+            None
+        } else {
+            let (addrs, certs) = (cluster.addrs(), cluster.certs().to_path_buf());
+            workload::Probe::prepare(&addrs, &certs, owned, probe_writes, PROBE_PREPARE).await
+        };
         let faulted = Instant::now();
         for &id in &targets {
             match cycle.disruption {
@@ -557,13 +577,10 @@ async fn play(
                 }
             }
         }
-        if !owned.is_empty() {
-            let (addrs, certs) = (cluster.addrs(), cluster.certs().to_path_buf());
-            let count = owned.len();
-            let probe = tokio::spawn(async move {
-                workload::time_to_serve(&addrs, &certs, owned, faulted, PROBE_WITHIN).await
-            });
-            probes.push((n, count, probe));
+        if let Some(probe) = probe {
+            let count = (probe.read_keys(), probe.write_keys());
+            let run = tokio::spawn(probe.run(faulted, PROBE_WITHIN));
+            probes.push((n, count, run));
         }
         tokio::time::sleep(cycle.down_for).await;
         for &id in &targets {
@@ -581,30 +598,46 @@ async fn play(
         *ran += 1;
     }
     // How soon the failed nodes' keys were served again (by their replicas).
-    let mut all = Vec::new();
-    for (n, count, probe) in probes {
-        let mut served = probe.await.unwrap_or_default();
-        served.sort_by(f64::total_cmp);
-        if let (Some(max), Some(p50)) = (served.last(), served.get(served.len() / 2)) {
-            notes.push(format!(
-                "cycle {n}: {} of {count} keys of the failed node served again within {PROBE_WITHIN:?} of the fault: p50 {p50:.0} ms, max {max:.0} ms",
-                served.len()
-            ));
-        } else {
-            notes.push(format!(
-                "cycle {n}: none of {count} keys of the failed node served within {PROBE_WITHIN:?}"
-            ));
-        }
-        all.extend(served);
-    }
-    all.sort_by(f64::total_cmp);
-    if let (Some(max), Some(p50)) = (all.last(), all.get(all.len() / 2)) {
+    let (mut all_reads, mut all_writes) = (Vec::new(), Vec::new());
+    for (n, (reads, writes), probe) in probes {
+        let served = probe.await.unwrap_or_default();
         notes.push(format!(
-            "time to serve a failed node's keys again, all cycles: p50 {p50:.0} ms, max {max:.0} ms over {} keys",
-            all.len()
+            "cycle {n}: failed node's keys served again within {PROBE_WITHIN:?}: reads {}, writes {}",
+            served_text(served.reads.clone(), reads),
+            served_text(served.writes.clone(), writes),
+        ));
+        // What held the slowest keys up (a handful of distinct errors).
+        let mut shown = std::collections::BTreeSet::new();
+        for error in &served.errors {
+            let text = error.split_once(": ").map_or(error.as_str(), |(_, e)| e);
+            if shown.len() < 4 && shown.insert(text.to_owned()) {
+                notes.push(format!("cycle {n}: probe failure: {error}"));
+            }
+        }
+        all_reads.extend(served.reads);
+        all_writes.extend(served.writes);
+    }
+    if !all_reads.is_empty() || !all_writes.is_empty() {
+        let (r, w) = (all_reads.len(), all_writes.len());
+        notes.push(format!(
+            "time to serve a failed node's keys again, all cycles: reads {}, writes {}",
+            served_text(all_reads, r),
+            served_text(all_writes, w),
         ));
     }
     Ok(())
+}
+
+/// "p50 P ms, max M ms (K of N keys)" for the probe's times (ms).
+fn served_text(mut times: Vec<f64>, probed: usize) -> String {
+    times.sort_by(f64::total_cmp);
+    match (times.get(times.len() / 2), times.last()) {
+        (Some(p50), Some(max)) => format!(
+            "p50 {p50:.0} ms, max {max:.0} ms ({} of {probed} keys)",
+            times.len()
+        ),
+        _ => format!("none of {probed} keys"),
+    }
 }
 
 #[cfg(test)]

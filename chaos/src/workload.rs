@@ -339,51 +339,166 @@ pub async fn final_reads(
     Ok(ops)
 }
 
-/// How long after a fault each of `keys` was first read successfully (ms), probing each key
-/// in turn with short timeouts until every one answered or `within` ran out (those are left
-/// out). Measures how soon a failed node's keys are served again.
-pub async fn time_to_serve(
-    addrs: &[SocketAddr],
-    certs: &Path,
-    keys: Vec<String>,
-    since: Instant,
-    within: Duration,
-) -> Vec<f64> {
-    let Some(first) = addrs.first() else {
-        return Vec::new();
-    };
-    let mut config = ClientConfig::new(first.to_string(), certs);
-    config.seeds = addrs.iter().skip(1).map(ToString::to_string).collect();
-    config.request_timeout = PROBE_TIMEOUT;
-    config.connect_timeout = PROBE_TIMEOUT;
-    config.retries = 0;
-    let Ok(Ok(client)) = tokio::time::timeout(within, Client::connect(config)).await else {
-        return Vec::new();
-    };
-    let Ok(namespace) = Namespace::new(NAMESPACE) else {
-        return Vec::new();
-    };
-    let mut pending: Vec<Key> = keys.into_iter().filter_map(|k| Key::new(k).ok()).collect();
-    let mut served = Vec::new();
-    while !pending.is_empty() && since.elapsed() < within {
-        let mut left = Vec::new();
-        for key in pending {
-            let answer = tokio::time::timeout(PROBE_TIMEOUT, client.get(&namespace, &key)).await;
-            if matches!(answer, Ok(Ok(_))) {
-                served.push(since.elapsed().as_secs_f64() * 1000.0);
-            } else {
-                left.push(key);
-            }
-        }
-        pending = left;
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    client.close().await;
-    served
+/// The namespace of the probe's writes: apart from the workload's, so that they never
+/// appear in the history the checker judges.
+pub const PROBE_NAMESPACE: &str = "chaos-probe";
+
+/// Most keys a probe reads, and most it writes, per fault: a sample of the failed node's keys.
+pub const PROBE_SAMPLE: usize = 48;
+
+/// Bound on one probe operation, the client's own retries included.
+const PROBE_OP_TIMEOUT: Duration = OP_TIMEOUT;
+
+/// Failures a probe remembers per key, for the run's notes.
+const PROBE_ERRORS_PER_KEY: usize = 3;
+
+/// Pause between a probe's attempts on one key after a failed one.
+const PROBE_PAUSE: Duration = Duration::from_millis(20);
+
+/// How soon a failed node's keys are served again, as an agent with a long-lived client sees
+/// it.
+///
+/// Prepared before the fault: the client has learned the ring and holds a connection to
+/// every owner (it reads each probed key once), as a fleet's clients do. After the fault
+/// every key is probed at once, each by its own task that repeats its operation (with the
+/// client's usual per-attempt timeout and retries) until one succeeds: reads of workload
+/// keys the failed node owned, and writes of [`PROBE_NAMESPACE`] keys it owned.
+pub struct Probe {
+    client: Client,
+    reads: Vec<Key>,
+    writes: Vec<Key>,
 }
 
-/// Bound on one probe read.
-const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
+/// What a [`Probe`] measured: per key, milliseconds from the fault to its first success.
+#[derive(Debug, Default)]
+pub struct Served {
+    /// Reads that succeeded within the probe's time, in ms after the fault.
+    pub reads: Vec<f64>,
+    /// Writes that succeeded within the probe's time, in ms after the fault.
+    pub writes: Vec<f64>,
+    /// The first failures of each key: operation, key, seconds after the fault, error.
+    pub errors: Vec<String>,
+}
+
+impl Probe {
+    /// Connects a client like the workload's and warms it on `reads` (workload keys) and
+    /// `writes` (probe-namespace keys); none if the cluster cannot be reached within `within`.
+    pub async fn prepare(
+        addrs: &[SocketAddr],
+        certs: &Path,
+        reads: Vec<String>,
+        writes: Vec<String>,
+        within: Duration,
+    ) -> Option<Self> {
+        let connect = Client::connect(client_config(addrs, certs, 0));
+        let client = tokio::time::timeout(within, connect).await.ok()?.ok()?;
+        let keys = |names: Vec<String>| -> Vec<Key> {
+            names
+                .into_iter()
+                .take(PROBE_SAMPLE)
+                .filter_map(|k| Key::new(k).ok())
+                .collect()
+        };
+        let probe = Self {
+            client,
+            reads: keys(reads),
+            writes: keys(writes),
+        };
+        let (ns, probe_ns) = (
+            probe_namespace(NAMESPACE)?,
+            probe_namespace(PROBE_NAMESPACE)?,
+        );
+        let warm = async {
+            for key in &probe.reads {
+                let _ = probe.client.get(&ns, key).await;
+            }
+            for key in &probe.writes {
+                let _ = probe.client.get(&probe_ns, key).await;
+            }
+        };
+        let _ = tokio::time::timeout(within, warm).await;
+        Some(probe)
+    }
+
+    /// How many keys it reads.
+    pub fn read_keys(&self) -> usize {
+        self.reads.len()
+    }
+
+    /// How many keys it writes.
+    pub fn write_keys(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// Probes every key at once until each has succeeded or `within` of `since` has passed
+    /// (those are left out).
+    pub async fn run(self, since: Instant, within: Duration) -> Served {
+        let (Some(ns), Some(probe_ns)) =
+            (probe_namespace(NAMESPACE), probe_namespace(PROBE_NAMESPACE))
+        else {
+            return Served::default();
+        };
+        let client = &self.client;
+        let first_success = |write: bool, key: &Key| {
+            let (ns, probe_ns) = (&ns, &probe_ns);
+            let key = key.clone();
+            async move {
+                let mut errors = Vec::new();
+                while since.elapsed() < within {
+                    let bound = PROBE_OP_TIMEOUT.min(within.saturating_sub(since.elapsed()));
+                    let started = since.elapsed();
+                    let outcome = if write {
+                        let value = Value::from(b"probe".to_vec());
+                        let call = client.set(probe_ns, &key, value, None);
+                        tokio::time::timeout(bound, call)
+                            .await
+                            .map(|r| r.map(|_| ()))
+                    } else {
+                        let call = client.get(ns, &key);
+                        tokio::time::timeout(bound, call)
+                            .await
+                            .map(|r| r.map(|_| ()))
+                    };
+                    let error = match outcome {
+                        Ok(Ok(())) => {
+                            return (Some(since.elapsed().as_secs_f64() * 1000.0), errors);
+                        }
+                        Ok(Err(e)) => e.to_string(),
+                        Err(_) => format!("no answer within {bound:?}"),
+                    };
+                    if errors.len() < PROBE_ERRORS_PER_KEY {
+                        errors.push(format!(
+                            "{} {key} {:.1}–{:.1} s: {error}",
+                            if write { "set" } else { "get" },
+                            started.as_secs_f64(),
+                            since.elapsed().as_secs_f64()
+                        ));
+                    }
+                    tokio::time::sleep(PROBE_PAUSE).await;
+                }
+                (None, errors)
+            }
+        };
+        let reads = futures::future::join_all(self.reads.iter().map(|k| first_success(false, k)));
+        let writes = futures::future::join_all(self.writes.iter().map(|k| first_success(true, k)));
+        let (reads, writes) = tokio::join!(reads, writes);
+        let mut served = Served::default();
+        for (time, errors) in reads {
+            served.reads.extend(time);
+            served.errors.extend(errors);
+        }
+        for (time, errors) in writes {
+            served.writes.extend(time);
+            served.errors.extend(errors);
+        }
+        self.client.close().await;
+        served
+    }
+}
+
+fn probe_namespace(name: &str) -> Option<Namespace> {
+    Namespace::new(name).ok()
+}
 
 #[cfg(test)]
 mod tests {
