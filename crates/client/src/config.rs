@@ -29,19 +29,20 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// that a stuck node is noticed.
 pub const DEFAULT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// How many times a failed request is sent again (so at most 11 attempts). Only retryable
-/// failures are retried (see [`Error::is_retryable`]). With the doubling backoff the
-/// pauses add up to about 6.5 s: long enough to ride out a failover, which takes about 3 s
-/// after a member dies and up to about 5 s when the member was the Raft leader (see
-/// docs/chaos.md).
-pub const DEFAULT_RETRIES: u32 = 10;
+/// How many times a failed request is sent again (so at most 21 attempts). Only retryable
+/// failures are retried (see [`Error::is_retryable`]). With the doubling backoff capped at
+/// [`DEFAULT_MAX_RETRY_BACKOFF`] the pauses add up to about 7 s: several times the one to
+/// three seconds a failover takes (see docs/chaos.md), with room for a starved machine,
+/// while a retry follows the cluster's recovery within 0.4 s.
+pub const DEFAULT_RETRIES: u32 = 20;
 
 /// Pause before the first retry; it doubles on each further retry. 50 ms lets a node that
 /// answered `Unavailable` catch its breath without a person noticing the delay.
 pub const DEFAULT_RETRY_BACKOFF: Duration = Duration::from_millis(50);
 
-/// Longest pause between retries, whatever the doubling says.
-pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_secs(1);
+/// Longest pause between retries, whatever the doubling says: short, so that a request
+/// waiting out a failover goes through soon after the new epoch.
+pub const DEFAULT_MAX_RETRY_BACKOFF: Duration = Duration::from_millis(400);
 
 /// Budget of inline bytes (keys and inline values) in one batch request frame. Half the
 /// node's default frame limit ([`wire::DEFAULT_MAX_FRAME_BYTES`], 16 MiB), so a batch frame
@@ -314,8 +315,8 @@ mod tests {
         assert_eq!(c.backoff(0), Duration::from_millis(50));
         assert_eq!(c.backoff(1), Duration::from_millis(100));
         assert_eq!(c.backoff(3), Duration::from_millis(400));
-        assert_eq!(c.backoff(5), Duration::from_secs(1));
-        assert_eq!(c.backoff(u32::MAX), Duration::from_secs(1));
+        assert_eq!(c.backoff(4), Duration::from_millis(400));
+        assert_eq!(c.backoff(u32::MAX), Duration::from_millis(400));
     }
 
     #[test]

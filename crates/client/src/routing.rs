@@ -126,6 +126,10 @@ pub(crate) enum Routed {
 /// the replicas too, and the ring is fetched in case the owner was replaced.
 pub const SLOW_OWNER: Duration = Duration::from_millis(500);
 
+/// Once the owner is slow, how often the client tries the replicas and fetches the ring
+/// again while the attempt runs: a failover shows within this time of the new epoch.
+pub const WATCH_INTERVAL: Duration = Duration::from_millis(200);
+
 /// The outcome of an attempt on an owner.
 enum Watched {
     /// The owner answered, or failed.
@@ -509,8 +513,9 @@ impl Client {
     }
 
     /// One attempt on the owner that keeps an eye on the cluster while the owner is slow to
-    /// answer: every [`SLOW_OWNER`] it sends a read to the replicas as well, and fetches the
-    /// ring; if the keys have a new owner by then, the attempt is abandoned.
+    /// answer: after [`SLOW_OWNER`], and every [`WATCH_INTERVAL`] from then on, it sends a read
+    /// to the replicas as well, and fetches the ring; if the keys have a new owner by then,
+    /// the attempt is abandoned.
     async fn attempt_watching(
         &self,
         conn: &NodeConnection,
@@ -522,11 +527,13 @@ impl Client {
     ) -> Watched {
         let attempt = self.attempt(conn, frame, bodies);
         tokio::pin!(attempt);
+        let mut wait = SLOW_OWNER;
         loop {
             tokio::select! {
                 outcome = &mut attempt => return Watched::Answer(outcome),
-                _ = tokio::time::sleep(SLOW_OWNER) => {}
+                _ = tokio::time::sleep(wait) => {}
             }
+            wait = WATCH_INTERVAL;
             if is_read(&frame.request)
                 && let Some(answer) = self.read_from_replicas(frame, namespace, keys, owner).await
             {

@@ -265,15 +265,20 @@ pub struct ClusterConfig {
     /// Ownership lease (ms): a member answers for its partitions only within this time of
     /// its last confirmed contact with the leader (which itself needs a majority). Must be
     /// below `failure_timeout_ms`, so that a frozen or cut-off member stops answering before
-    /// the leader gives its partitions away. Default 750.
+    /// the leader gives its partitions away, and below `election_timeout_ms`, so that no
+    /// new leader can be elected while a lease granted by the old one lasts. Default 750.
     pub lease_ms: u64,
     /// How long a delete's tombstone is kept (s). A member down longer than this discards
     /// its data when it comes back instead of merging it. Default 86400 (24 h).
     pub tombstone_grace_secs: u64,
-    /// Raft heartbeat interval (ms). Default 250.
+    /// Raft heartbeat interval (ms); members also renew their leases this often. Default
+    /// 250.
     pub heartbeat_ms: u64,
-    /// Raft election timeout (ms): a follower that hears nothing for a random time between
-    /// this and twice this starts an election. Default 1000.
+    /// Raft election timeout (ms): a voter that has heard from a leader within this time
+    /// refuses to vote for another, and a follower that hears nothing for a random time
+    /// between 1.5 and 2 times this starts an election. Default 1000: a dead leader is
+    /// replaced 1.5–2 s after its last heartbeat, while a leader slowed down for a moment (a
+    /// busy machine) keeps its office.
     pub election_timeout_ms: u64,
     /// How long a request that carries a newer ring epoch than the node's waits for the
     /// node to catch up before it is answered by the node's own ring (ms). Default 1000.
@@ -562,6 +567,15 @@ impl Config {
                     "{} must be at least three heartbeats ({} ms): followers would start elections while the leader is healthy",
                     c.election_timeout_ms,
                     3 * c.heartbeat_ms
+                ),
+            ));
+        }
+        if c.lease_ms >= c.election_timeout_ms {
+            return Err(invalid(
+                "cluster.lease_ms",
+                format!(
+                    "{} must be below cluster.election_timeout_ms ({}): a new leader could be elected while the old one's lease lasts",
+                    c.lease_ms, c.election_timeout_ms
                 ),
             ));
         }

@@ -549,8 +549,11 @@ async fn start_cluster(
     let raft_config = openraft::Config {
         cluster_name: "strata".into(),
         heartbeat_interval: c.heartbeat_ms,
-        election_timeout_min: c.election_timeout_ms,
-        election_timeout_max: c.election_timeout_ms * 2,
+        // openraft refuses votes for `election_timeout_max` after a heartbeat (its leader
+        // lease, which must outlast our ownership leases) and a follower starts an election
+        // after that plus a random `min..max`: 1.5–2 × `election_timeout_ms` in all.
+        election_timeout_min: c.election_timeout_ms / 2,
+        election_timeout_max: c.election_timeout_ms,
         install_snapshot_timeout: 10_000,
         snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(1000),
         max_in_snapshot_log_to_keep: 100,

@@ -24,12 +24,21 @@
 //!
 //! The leader's own lease is confirmed by a quorum every heartbeat: the leader notes the time
 //! `s`, sends Raft heartbeats, and once a majority of voters has acknowledged them holds its
-//! lease until `s + lease_ms`. Those voters will not elect another leader before an election
-//! timeout (> `lease_ms`) without heartbeats. A deposed leader (cut off on a minority side, or
-//! frozen and woken) cannot get that confirmation, so it stops granting leases and its own
-//! lapses within `lease_ms`; the new leader then waits `failure_timeout_ms` of its own before
-//! it marks anyone down. (Counting lease *requests* instead would not do: requests sent to a
-//! leader that was frozen wait in its socket and look fresh when it wakes.)
+//! lease until `s + lease_ms`. Those voters refuse to vote for another leader for an election
+//! timeout (> `lease_ms`) after each heartbeat. A deposed leader (cut off on a minority side,
+//! or frozen and woken) cannot get that confirmation, so it stops granting leases and its own
+//! lapses within `lease_ms`. (Counting lease *requests* instead would not do: requests sent
+//! to a leader that was frozen wait in its socket and look fresh when it wakes.)
+//!
+//! **Taking over.** A new leader is elected only with the vote of a member of the quorum that
+//! confirmed the old leader's last lease, given an election timeout (> `lease_ms`) after that
+//! member's last heartbeat: so when the new leader takes office, the old leader's lease and
+//! every lease it granted (each bounded by its own) have run out. A member the new leader has
+//! not heard from therefore holds no lease at all, and is marked down once it has had
+//! [`takeover grace`](Leases::takeover_grace) (half the failure timeout, several lease
+//! renewals) to learn of the new leader; a member that has asked it for a lease gets the full
+//! `failure_timeout_ms` after its last request, as usual. So a dead leader's partitions move
+//! about half a failure timeout after the election, not a whole one.
 //!
 //! Leases are also how a member that comes back is kept from answering too early: a node
 //! that restarts with its data directory serves nothing until its [`Command::Restarted`]
@@ -108,6 +117,39 @@ impl Leases {
             return Err("this node is behind the cluster's ring epoch");
         }
         Ok(())
+    }
+
+    /// How long a new leader waits to hear from a member before it marks it down: half the
+    /// failure timeout.
+    pub fn takeover_grace(&self) -> Duration {
+        self.failure_timeout / 2
+    }
+
+    /// Which of `members` (live, not this leader) to mark down at `now`, for a leader in
+    /// office `since` that last heard from them at `contacts`: a member this leader has
+    /// granted a lease to after the failure timeout without a request, one it has never
+    /// heard from after the [takeover grace](Leases::takeover_grace) (any lease it holds came
+    /// from an earlier leader and has run out: see the module documentation).
+    pub fn silent(
+        &self,
+        members: impl IntoIterator<Item = NodeId>,
+        contacts: &HashMap<NodeId, Instant>,
+        since: Instant,
+        now: Instant,
+    ) -> Vec<NodeId> {
+        let grace = self.takeover_grace();
+        if now.saturating_duration_since(since) < grace {
+            return Vec::new();
+        }
+        members
+            .into_iter()
+            .filter(|m| match contacts.get(m) {
+                Some(&last) => {
+                    now.saturating_duration_since(last.max(since)) > self.failure_timeout
+                }
+                None => now.saturating_duration_since(since) > grace,
+            })
+            .collect()
     }
 
     /// The epoch the leader had at the last grant.
@@ -245,6 +287,22 @@ async fn renew(cluster: &Cluster, leader: Option<u64>) {
 
 /// Leader duties: hold the leader's own lease and mark silent members down.
 async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>, term: u64) {
+    // A new term starts with no contacts, before this node can grant anything in it (grants
+    // need the lease confirmed below): so every lease a member holds from this leader shows
+    // in `contacts`.
+    let since = {
+        let mut leading = cluster.leases.leading.lock();
+        match *leading {
+            Some((t, since)) if t == term => since,
+            _ => {
+                cluster.leases.contacts.lock().clear();
+                cluster.leases.proposed_down.lock().clear();
+                let now = Instant::now();
+                *leading = Some((term, now));
+                now
+            }
+        }
+    };
     // Confirmed by a quorum's acknowledgement of heartbeats sent after `sent`.
     let sent = Instant::now();
     let lease = Duration::from_millis(cluster.leases.lease_ms);
@@ -255,19 +313,6 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
     let own = confirmed.then_some(sent + lease);
     *cluster.leases.leader_until.lock() = own.map(|until| (term, until));
     let now = Instant::now();
-    let since = {
-        let mut leading = cluster.leases.leading.lock();
-        match *leading {
-            Some((t, since)) if t == term => since,
-            _ => {
-                // A new term: every member gets a full failure timeout from now.
-                cluster.leases.contacts.lock().clear();
-                cluster.leases.proposed_down.lock().clear();
-                *leading = Some((term, now));
-                now
-            }
-        }
-    };
     let me = cluster.id();
     match own {
         Some(until) => {
@@ -281,25 +326,20 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
         }
         None => cluster.leases.revoke(),
     }
-    // Only a leader that a majority is in contact with judges the others: one that has just
-    // taken over (or come back believing it leads) hears from nobody yet.
-    if now.duration_since(since) < cluster.leases.failure_timeout || own.is_none_or(|u| u <= now) {
+    // Only a leader that a majority is in contact with judges the others, and one that has
+    // just taken over gives every member time to learn of it first.
+    if own.is_none_or(|u| u <= now) {
         return;
     }
     let state = cluster.state();
-    let silent: Vec<NodeId> = {
-        let contacts = cluster.leases.contacts.lock();
-        state
-            .members
-            .values()
-            .filter(|m| m.id != me && m.state != MemberState::Down)
-            .filter(|m| {
-                let last = contacts.get(&m.id).copied().unwrap_or(since).max(since);
-                now.duration_since(last) > cluster.leases.failure_timeout
-            })
-            .map(|m| m.id)
-            .collect()
-    };
+    let live = state
+        .members
+        .values()
+        .filter(|m| m.id != me && m.state != MemberState::Down)
+        .map(|m| m.id);
+    let silent = cluster
+        .leases
+        .silent(live, &cluster.leases.contacts.lock(), since, now);
     for node in silent {
         {
             let mut proposed = cluster.leases.proposed_down.lock();
@@ -356,5 +396,55 @@ async fn rejoin_if_needed(cluster: &Cluster, last: &mut Option<Instant>) {
             tracing::warn!(%reason, "could not rejoin");
         }
         Err(e) => tracing::debug!(error = %e, "could not rejoin yet"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MS: Duration = Duration::from_millis(1);
+
+    #[test]
+    fn a_new_leader_marks_down_only_members_it_never_heard_from_after_the_grace() {
+        // lease 750 ms, failure timeout 1000 ms: grace 500 ms.
+        let leases = Leases::new(750, 1000, false);
+        let since = Instant::now();
+        let (a, b) = (NodeId(2), NodeId(3));
+        let contacts = HashMap::from([(a, since + 100 * MS)]);
+        // Within the grace nobody is judged.
+        assert!(
+            leases
+                .silent([a, b], &contacts, since, since + 400 * MS)
+                .is_empty()
+        );
+        // After it, the member that never asked is down; the one that asked is not.
+        assert_eq!(
+            leases.silent([a, b], &contacts, since, since + 600 * MS),
+            [b]
+        );
+        // The one that asked gets a full failure timeout after its last request.
+        assert_eq!(
+            leases.silent([a], &contacts, since, since + 1050 * MS),
+            Vec::<NodeId>::new()
+        );
+        assert_eq!(leases.silent([a], &contacts, since, since + 1150 * MS), [a]);
+    }
+
+    #[test]
+    fn a_contact_from_before_the_term_counts_from_the_start_of_the_term() {
+        let leases = Leases::new(750, 1000, false);
+        let before = Instant::now();
+        let since = before + 5000 * MS;
+        let contacts = HashMap::from([(NodeId(2), before)]);
+        assert!(
+            leases
+                .silent([NodeId(2)], &contacts, since, since + 900 * MS)
+                .is_empty()
+        );
+        assert_eq!(
+            leases.silent([NodeId(2)], &contacts, since, since + 1100 * MS),
+            [NodeId(2)]
+        );
     }
 }
