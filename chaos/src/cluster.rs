@@ -14,6 +14,11 @@
 //! Faults are signals: `kill -9` ([`Cluster::kill`]), SIGTERM ([`Cluster::terminate`]),
 //! SIGSTOP/SIGCONT ([`Cluster::freeze`], [`Cluster::thaw`]).
 //!
+//! [`Cluster::start_containers`] starts the same cluster from `docker-compose.yml` instead;
+//! the same methods then act on containers (`docker kill`/`start`/`stop`/`pause`/`unpause`),
+//! and [`Cluster::isolate`]/[`Cluster::reconnect`] cut a node off from its peers and back
+//! (see [`crate::containers`]). Everything else — rings, leader, settling — is the same.
+//!
 //! Every node's stdout and stderr go to `LOG_DIR/node-ID.log`, appended across restarts.
 //!
 //! # No orphans
@@ -42,6 +47,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail};
 use rustix::process::{Pid, Signal};
 use strata_client::{Client, ClientConfig};
+
+use crate::containers::{self, Compose, ContainerConfig, docker};
 use strata_proto::{MemberState, NodeId, Ring};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::process::{Child, Command};
@@ -73,9 +80,12 @@ pub struct ClusterConfig {
     pub log_dir: PathBuf,
 }
 
-/// A running cluster. Dropping it kills every node.
+/// A running cluster. Dropping it kills every node (or brings its containers down).
 pub struct Cluster {
     config: ClusterConfig,
+    /// The compose project, for a cluster of containers; declared first so that its
+    /// containers go down before anything else is dropped.
+    compose: Option<Compose>,
     /// The members, in id order. Declared before `_dir`: fields drop in declaration order,
     /// so the processes are killed before their data directories are removed.
     nodes: Vec<Node>,
@@ -94,6 +104,17 @@ struct Node {
     log: PathBuf,
     process: Option<Child>,
     frozen: bool,
+    /// The node's container, for a cluster of containers.
+    container: Option<Container>,
+}
+
+/// A node's container and what has been done to it.
+struct Container {
+    id: String,
+    /// Stopped (killed or terminated) and not started again.
+    stopped: bool,
+    /// Cut off from the other nodes.
+    isolated: bool,
 }
 
 impl Node {
@@ -154,6 +175,7 @@ impl Cluster {
                 log: config.log_dir.join(format!("node-{id}.log")),
                 process: None,
                 frozen: false,
+                container: None,
             });
             held.push((udp, tcp));
         }
@@ -161,6 +183,7 @@ impl Cluster {
 
         let mut cluster = Self {
             config,
+            compose: None,
             nodes,
             certs,
             admin: None,
@@ -172,16 +195,143 @@ impl Cluster {
             let child = cluster.spawn(i, join).await?;
             cluster.nodes[i].process = Some(child);
         }
-        let mut admin = ClientConfig::new(first.to_string(), &cluster.certs);
-        admin.seeds = cluster.addrs()[1..].iter().map(|a| a.to_string()).collect();
+        cluster.connect_admin().await?;
+        cluster.wait_settled(settle_within).await?;
+        Ok(cluster)
+    }
+
+    /// Starts the nodes as containers of the repository's `docker-compose.yml` (see
+    /// [`crate::containers`]), copies the client certificates out, and waits until the
+    /// cluster is settled. `config.strata` is not used.
+    pub async fn start_containers(
+        config: ClusterConfig,
+        containers: &ContainerConfig,
+        settle_within: Duration,
+    ) -> Result<Self> {
+        let dir = tempfile::Builder::new()
+            .prefix("strata-chaos-")
+            .tempdir()
+            .context("creating the cluster's temporary directory")?;
+        let certs = dir.path().join("certs");
+        let compose = Compose::up(containers, config.nodes, &config.env, &config.log_dir).await?;
+        let mut nodes = Vec::new();
+        for i in 0..config.nodes {
+            let id = i as u64 + 1;
+            let (listen, admin) = compose.published(id);
+            nodes.push(Node {
+                id,
+                listen,
+                admin,
+                data_dir: PathBuf::from("/var/lib/strata/data"),
+                log: config.log_dir.join(format!("strata-{id}.log")),
+                process: None,
+                frozen: false,
+                container: Some(Container {
+                    id: compose.container(id).await?,
+                    stopped: false,
+                    isolated: false,
+                }),
+            });
+        }
+        compose.copy_certs(&certs).await?;
+        let mut cluster = Self {
+            config,
+            compose: Some(compose),
+            nodes,
+            certs,
+            admin: None,
+            _dir: dir,
+        };
+        for node in &cluster.nodes {
+            cluster.wait_answers(node, START_TIMEOUT).await?;
+        }
+        cluster.connect_admin().await?;
+        cluster.wait_settled(settle_within).await?;
+        Ok(cluster)
+    }
+
+    /// Connects the harness's own client (to node 1, the others as seeds).
+    async fn connect_admin(&mut self) -> Result<()> {
+        let addrs = self.addrs();
+        let first = addrs.first().context("no nodes")?;
+        let mut admin = ClientConfig::new(first.to_string(), &self.certs);
+        admin.seeds = addrs[1..].iter().map(|a| a.to_string()).collect();
         admin.request_timeout = ADMIN_REQUEST_TIMEOUT;
         admin.connect_timeout = ADMIN_REQUEST_TIMEOUT;
         let client = Client::connect(admin)
             .await
             .context("connecting the harness client")?;
-        cluster.admin = Some(client);
-        cluster.wait_settled(settle_within).await?;
-        Ok(cluster)
+        self.admin = Some(client);
+        Ok(())
+    }
+
+    /// Whether the nodes are containers.
+    pub fn in_containers(&self) -> bool {
+        self.compose.is_some()
+    }
+
+    /// Waits until `node` answers a ping on its own address.
+    async fn wait_answers(&self, node: &Node, within: Duration) -> Result<()> {
+        let deadline = Instant::now() + within;
+        loop {
+            let config = self.probe_config(node);
+            let answer = tokio::time::timeout(ADMIN_REQUEST_TIMEOUT * 2, async {
+                let client = Client::connect(config).await?;
+                let pong = client.ping().await;
+                client.close().await;
+                pong
+            })
+            .await;
+            match answer {
+                Ok(Ok(_)) => return Ok(()),
+                _ if Instant::now() >= deadline => {
+                    bail!("node {} does not answer pings after {within:?}", node.id)
+                }
+                _ => tokio::time::sleep(POLL).await,
+            }
+        }
+    }
+
+    fn container(&self, id: u64) -> Result<&Container> {
+        self.node(id)?
+            .container
+            .as_ref()
+            .with_context(|| format!("node {id} is not a container"))
+    }
+
+    fn container_mut(&mut self, id: u64) -> Result<&mut Container> {
+        self.node_mut(id)?
+            .container
+            .as_mut()
+            .with_context(|| format!("node {id} is not a container"))
+    }
+
+    /// Cuts node `id` off from every other node (containers only): packets between it and
+    /// them are dropped both ways; clients still reach it.
+    pub async fn isolate(&mut self, id: u64) -> Result<()> {
+        let mut peers = Vec::new();
+        for node in self.nodes.iter().filter(|n| n.id != id) {
+            if let Some(c) = node.container.as_ref().filter(|c| !c.stopped) {
+                peers.extend(containers::ips_of(&c.id).await?);
+            }
+        }
+        let container = self.container(id)?.id.clone();
+        containers::isolate(&container, &peers).await?;
+        self.container_mut(id)?.isolated = true;
+        Ok(())
+    }
+
+    /// Connects node `id` to the others again after [`Cluster::isolate`].
+    pub async fn reconnect(&mut self, id: u64) -> Result<()> {
+        let container = self.container(id)?.id.clone();
+        containers::reconnect(&container).await?;
+        self.container_mut(id)?.isolated = false;
+        Ok(())
+    }
+
+    /// Whether node `id` is cut off from the others.
+    pub fn is_isolated(&self, id: u64) -> bool {
+        self.container(id).is_ok_and(|c| c.isolated)
     }
 
     /// Every node's id, in order.
@@ -194,14 +344,22 @@ impl Cluster {
         self.nodes.iter().map(|n| n.listen).collect()
     }
 
+    /// The QUIC address of node `id` (for containers, its port published on the host).
+    pub fn addr_of(&self, id: u64) -> Option<SocketAddr> {
+        self.node(id).ok().map(|n| n.listen)
+    }
+
     /// The certificates directory (`ca.pem`, `client.pem`, `client.key`, ...).
     pub fn certs(&self) -> &Path {
         &self.certs
     }
 
-    /// Whether node `id` has a process (frozen or not).
+    /// Whether node `id` has a process (frozen or not), or a started container.
     pub fn is_running(&self, id: u64) -> bool {
-        self.node(id).is_ok_and(|n| n.process.is_some())
+        self.node(id).is_ok_and(|n| match &n.container {
+            Some(c) => !c.stopped,
+            None => n.process.is_some(),
+        })
     }
 
     /// Whether node `id` is stopped with SIGSTOP.
@@ -313,8 +471,20 @@ impl Cluster {
         }
     }
 
-    /// `kill -9` node `id` and reaps it.
+    /// `kill -9` node `id` and reaps it (`docker kill` for a container).
     pub async fn kill(&mut self, id: u64) -> Result<()> {
+        if let Ok(container) = self.container(id) {
+            let cid = container.id.clone();
+            docker(&["kill", &cid]).await?;
+            docker(&["wait", &cid]).await?;
+            let node = self.node_mut(id)?;
+            node.frozen = false;
+            if let Some(c) = node.container.as_mut() {
+                c.stopped = true;
+                c.isolated = false;
+            }
+            return Ok(());
+        }
         let node = self.node_mut(id)?;
         let mut child = node
             .process
@@ -331,6 +501,22 @@ impl Cluster {
     /// Sends SIGTERM to node `id` and waits up to `within` for it to exit (then kills it).
     /// Whether it exited by itself.
     pub async fn terminate(&mut self, id: u64, within: Duration) -> Result<bool> {
+        if let Ok(container) = self.container(id) {
+            let cid = container.id.clone();
+            if self.is_frozen(id) {
+                docker(&["unpause", &cid]).await?;
+            }
+            let secs = within.as_secs().max(1).to_string();
+            docker(&["stop", "--time", &secs, &cid]).await?;
+            let code = docker(&["inspect", "--format", "{{.State.ExitCode}}", &cid]).await?;
+            let node = self.node_mut(id)?;
+            node.frozen = false;
+            if let Some(c) = node.container.as_mut() {
+                c.stopped = true;
+                c.isolated = false;
+            }
+            return Ok(code.trim() == "0");
+        }
         let node = self.node_mut(id)?;
         let pid = node.pid()?;
         if node.frozen {
@@ -352,16 +538,27 @@ impl Cluster {
         }
     }
 
-    /// Freezes node `id` with SIGSTOP: its sockets stay open but it answers nothing.
-    pub fn freeze(&mut self, id: u64) -> Result<()> {
+    /// Freezes node `id` with SIGSTOP (`docker pause` for a container): its sockets stay
+    /// open but it answers nothing.
+    pub async fn freeze(&mut self, id: u64) -> Result<()> {
+        if let Ok(container) = self.container(id) {
+            docker(&["pause", &container.id.clone()]).await?;
+            self.node_mut(id)?.frozen = true;
+            return Ok(());
+        }
         let node = self.node_mut(id)?;
         rustix::process::kill_process(node.pid()?, Signal::STOP)?;
         node.frozen = true;
         Ok(())
     }
 
-    /// Resumes node `id` with SIGCONT.
-    pub fn thaw(&mut self, id: u64) -> Result<()> {
+    /// Resumes node `id` with SIGCONT (`docker unpause`).
+    pub async fn thaw(&mut self, id: u64) -> Result<()> {
+        if let Ok(container) = self.container(id) {
+            docker(&["unpause", &container.id.clone()]).await?;
+            self.node_mut(id)?.frozen = false;
+            return Ok(());
+        }
         let node = self.node_mut(id)?;
         rustix::process::kill_process(node.pid()?, Signal::CONT)?;
         node.frozen = false;
@@ -371,6 +568,18 @@ impl Cluster {
     /// Starts node `id` again — same id, address and data directory — joining through a live
     /// member, and waits until it listens.
     pub async fn restart(&mut self, id: u64) -> Result<()> {
+        if let Ok(container) = self.container(id) {
+            if !container.stopped {
+                bail!("node {id} is still running");
+            }
+            // Same container, so the same data volume, name and command (its Raft state makes
+            // --bootstrap/--join no-ops).
+            docker(&["start", &container.id.clone()]).await?;
+            if let Some(c) = self.node_mut(id)?.container.as_mut() {
+                c.stopped = false;
+            }
+            return self.wait_answers(self.node(id)?, START_TIMEOUT).await;
+        }
         let index = self.index(id)?;
         if self.nodes[index].process.is_some() {
             bail!("node {id} is still running");
@@ -392,8 +601,11 @@ impl Cluster {
     pub async fn heal(&mut self) -> Result<Vec<(u64, bool)>> {
         let mut done = Vec::new();
         for id in self.ids() {
+            if self.is_isolated(id) {
+                self.reconnect(id).await?;
+            }
             if self.is_frozen(id) {
-                self.thaw(id)?;
+                self.thaw(id).await?;
                 done.push((id, true));
             } else if !self.is_running(id) {
                 self.restart(id).await?;
@@ -470,7 +682,7 @@ impl Cluster {
     /// within the admin timeout is left out.
     pub async fn rings(&self) -> Vec<(u64, Arc<Ring>)> {
         let mut rings = Vec::new();
-        for node in self.nodes.iter().filter(|n| n.process.is_some()) {
+        for node in self.nodes.iter().filter(|n| self.is_running(n.id)) {
             let config = self.probe_config(node);
             let answer = tokio::time::timeout(ADMIN_REQUEST_TIMEOUT * 2, async {
                 let client = Client::connect(config).await?;

@@ -119,6 +119,10 @@ pub enum FaultAction {
     Cont,
     /// Started again with its id, address and data directory.
     Restart,
+    /// Cut off from every other member (a network partition); clients still reach it.
+    Isolate,
+    /// Connected to the other members again after an [`FaultAction::Isolate`].
+    Reconnect,
 }
 
 impl FaultAction {
@@ -126,7 +130,7 @@ impl FaultAction {
     pub fn is_disruption(self) -> bool {
         matches!(
             self,
-            FaultAction::Kill | FaultAction::Terminate | FaultAction::Stop
+            FaultAction::Kill | FaultAction::Terminate | FaultAction::Stop | FaultAction::Isolate
         )
     }
 }

@@ -7,7 +7,9 @@
 //!
 //! # Layout
 //! - [`cluster`]: [`cluster::Cluster`] — node processes on fixed free ports, started,
-//!   killed, frozen, restarted; never outliving the run.
+//!   killed, frozen, restarted; never outliving the run. Or the same cluster as containers.
+//! - [`containers`]: a cluster from `docker-compose.yml` in a compose project of its own, and
+//!   container faults (`docker kill`/`pause`, network partitions with `iptables`).
 //! - [`workload`]: concurrent clients doing a seeded mix of set/get/delete, and the final
 //!   verification reads.
 //! - [`history`]: the operations and faults of a run ([`history::Op`],
@@ -22,6 +24,7 @@
 
 pub mod checker;
 pub mod cluster;
+pub mod containers;
 pub mod history;
 pub mod rejoin;
 pub mod scenario;

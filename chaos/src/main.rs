@@ -7,6 +7,7 @@
 //! cargo run -p strata-chaos -- short            # the CI profile, ~2–3 minutes
 //! cargo run -p strata-chaos -- kill-leader --seed 1234 --duration 60   # replay a seed
 //! cargo run -p strata-chaos -- check --out target/chaos/kill-random-1234
+//! cluster/build-image.sh && cargo run -p strata-chaos -- containers   # docker-compose.yml
 //! ```
 //!
 //! Exit status: 0 every scenario passed, 1 a scenario found a violation, 2 the run itself
@@ -19,6 +20,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use serde::Serialize;
+use strata_chaos::containers::ContainerConfig;
 use strata_chaos::history::{self, Fault, Op};
 use strata_chaos::scenario::{self, Profile, RunConfig, Scenario};
 use strata_chaos::summary::{self, RunFacts, ScenarioSummary, Setup, Verdict};
@@ -66,6 +68,13 @@ struct Args {
     /// passed).
     #[arg(long, value_name = "MS")]
     failure_timeout_ms: Option<u64>,
+    /// The image of the container scenarios (built by cluster/build-image.sh).
+    #[arg(long, env = "STRATA_IMAGE", default_value = "strata:dev")]
+    image: String,
+    /// The compose file of the container scenarios (default: docker-compose.yml here, else
+    /// the repository's).
+    #[arg(long, value_name = "PATH")]
+    compose_file: Option<PathBuf>,
 }
 
 /// What to run.
@@ -81,6 +90,16 @@ enum Target {
     RollingRestart,
     /// 5 nodes, R=3, W=3: kill -9 two nodes at once, restart both.
     KillTwo,
+    /// Containers: docker kill a random node, docker start it.
+    DockerKill,
+    /// Containers: docker pause a random node, then unpause.
+    DockerPause,
+    /// Containers: cut a random node off from the others (iptables), reconnect it.
+    Partition,
+    /// Containers: cut the Raft leader off from the others, reconnect it.
+    PartitionLeader,
+    /// docker-kill, docker-pause, partition, partition-leader: ~5 minutes.
+    Containers,
     /// kill-random, kill-leader, freeze: ~2–3 minutes in all.
     Short,
     /// Every scenario, long enough for well over 20 kill cycles (~12 minutes).
@@ -100,6 +119,11 @@ impl Target {
             Target::Freeze => "freeze",
             Target::RollingRestart => "rolling-restart",
             Target::KillTwo => "kill-two",
+            Target::DockerKill => "docker-kill",
+            Target::DockerPause => "docker-pause",
+            Target::Partition => "partition",
+            Target::PartitionLeader => "partition-leader",
+            Target::Containers => "containers",
             Target::Short => "short",
             Target::Long => "long",
             Target::Check => "check",
@@ -112,6 +136,7 @@ impl Target {
         match self {
             Target::Short => Profile::Short.scenarios(),
             Target::Long => Profile::Long.scenarios(),
+            Target::Containers => Profile::Containers.scenarios(),
             Target::Check | Target::Rejoin => Vec::new(),
             single => Scenario::from_name(single.name())
                 .map(|s| vec![(s, DEFAULT_DURATION)])
@@ -225,6 +250,10 @@ async fn run(args: Args) -> Result<ExitCode> {
             strata: strata.clone(),
             out,
             notes,
+            containers: scenario.in_containers().then(|| ContainerConfig {
+                image: args.image.clone(),
+                compose_file: compose_file(args.compose_file.as_deref()),
+            }),
         };
         let summary = match scenario::run(&config).await {
             Ok(summary) => summary,
@@ -356,4 +385,17 @@ fn target_dir() -> PathBuf {
             matches!(name, "debug" | "release").then(|| profile_dir.parent().map(Path::to_owned))?
         })
         .unwrap_or_else(|| PathBuf::from("target"))
+}
+
+/// The compose file of the container scenarios: `given`, else `docker-compose.yml` in the
+/// current directory, else the one of the repository this binary was built from.
+fn compose_file(given: Option<&Path>) -> PathBuf {
+    if let Some(path) = given {
+        return path.to_owned();
+    }
+    let here = PathBuf::from("docker-compose.yml");
+    if here.is_file() {
+        return here;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml")
 }

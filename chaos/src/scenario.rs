@@ -15,6 +15,15 @@
 //! | `freeze` | 3 | SIGSTOP, SIGCONT | one random node | 1.5–4 s | 2–5 s |
 //! | `rolling-restart` | 3 | SIGTERM, restart | 1, 2, …, N, 1, … | 2–4 s | 0.5–1.5 s |
 //! | `kill-two` | 5 (R=3, W=3) | `kill -9`, restart | two random nodes | 2–5 s | 1.5–4 s |
+//! | `docker-kill` | 3 containers | `docker kill`, `docker start` | one random node | 1.5–4 s | 1–3 s |
+//! | `docker-pause` | 3 containers | `docker pause`, `unpause` | one random node | 1.5–4 s | 2–5 s |
+//! | `partition` | 3 containers | cut off from the others, reconnect | one random node | 1.5–4 s | 3–6 s |
+//! | `partition-leader` | 3 containers | cut off from the others, reconnect | the Raft leader | 1.5–4 s | 3–6 s |
+//!
+//! The container scenarios run `docker-compose.yml` (see [`crate::containers`]); a partition
+//! leaves the isolated node reachable by clients, so it is the minority side of a real split:
+//! it must neither acknowledge a write it cannot replicate nor answer a read it may have
+//! missed a write for.
 //!
 //! # A run ([`run`])
 //! Start the cluster and wait until it settles; start the workload; play the schedule until
@@ -38,6 +47,7 @@ use rand::Rng;
 use rand::seq::index;
 
 use crate::cluster::{Cluster, ClusterConfig};
+use crate::containers::ContainerConfig;
 use crate::history::{self, Fault, FaultAction, RunClock};
 use crate::summary::{RunFacts, ScenarioSummary, Setup};
 use crate::workload::{self, Workload, WorkloadConfig};
@@ -74,16 +84,28 @@ pub enum Scenario {
     RollingRestart,
     /// `kill -9` two random nodes at once (5 nodes, R=3, W=3), restart both.
     KillTwo,
+    /// Containers: `docker kill` a random node, `docker start` it.
+    DockerKill,
+    /// Containers: `docker pause` a random node, `docker unpause` it.
+    DockerPause,
+    /// Containers: cut a random node off from the others, reconnect it.
+    Partition,
+    /// Containers: cut the Raft leader off from the others, reconnect it.
+    PartitionLeader,
 }
 
 impl Scenario {
     /// Every scenario.
-    pub const ALL: [Scenario; 5] = [
+    pub const ALL: [Scenario; 9] = [
         Scenario::KillRandom,
         Scenario::KillLeader,
         Scenario::Freeze,
         Scenario::RollingRestart,
         Scenario::KillTwo,
+        Scenario::DockerKill,
+        Scenario::DockerPause,
+        Scenario::Partition,
+        Scenario::PartitionLeader,
     ];
 
     /// The scenario's command-line name.
@@ -94,7 +116,22 @@ impl Scenario {
             Scenario::Freeze => "freeze",
             Scenario::RollingRestart => "rolling-restart",
             Scenario::KillTwo => "kill-two",
+            Scenario::DockerKill => "docker-kill",
+            Scenario::DockerPause => "docker-pause",
+            Scenario::Partition => "partition",
+            Scenario::PartitionLeader => "partition-leader",
         }
+    }
+
+    /// Whether the scenario runs on containers of `docker-compose.yml`.
+    pub fn in_containers(self) -> bool {
+        matches!(
+            self,
+            Scenario::DockerKill
+                | Scenario::DockerPause
+                | Scenario::Partition
+                | Scenario::PartitionLeader
+        )
     }
 
     /// The scenario called `name`.
@@ -139,6 +176,9 @@ pub enum Profile {
     Short,
     /// Every scenario, long enough for well over 20 kill cycles (about 12 minutes).
     Long,
+    /// The container scenarios (`docker-compose.yml`): kill, pause, partition, partition of
+    /// the leader; about 5 minutes.
+    Containers,
 }
 
 impl Profile {
@@ -158,6 +198,12 @@ impl Profile {
                 (Scenario::RollingRestart, secs(90)),
                 (Scenario::KillTwo, secs(120)),
             ],
+            Profile::Containers => vec![
+                (Scenario::DockerKill, secs(45)),
+                (Scenario::DockerPause, secs(40)),
+                (Scenario::Partition, secs(50)),
+                (Scenario::PartitionLeader, secs(50)),
+            ],
         }
     }
 }
@@ -171,6 +217,8 @@ pub enum Disruption {
     Terminate,
     /// SIGSTOP, then SIGCONT.
     Freeze,
+    /// Cut off from the other nodes, then reconnected.
+    Isolate,
 }
 
 /// Which nodes a cycle disrupts.
@@ -250,6 +298,33 @@ pub fn plan(scenario: Scenario, seed: u64, duration: Duration, nodes: usize) -> 
                     down_for: ms(&mut rng, 1500, 4000),
                 }
             }
+            Scenario::DockerKill => Cycle {
+                wait: ms(&mut rng, 1500, 4000),
+                disruption: Disruption::Kill,
+                target: Target::Nodes(vec![random_node(&mut rng)]),
+                down_for: ms(&mut rng, 1000, 3000),
+            },
+            Scenario::DockerPause => Cycle {
+                wait: ms(&mut rng, 1500, 4000),
+                disruption: Disruption::Freeze,
+                target: Target::Nodes(vec![random_node(&mut rng)]),
+                down_for: ms(&mut rng, 2000, 5000),
+            },
+            // Cut off for longer than the failure timeout (1 s) plus an election, so that the
+            // majority marks the node down and moves its partitions while it still serves
+            // clients on its side.
+            Scenario::Partition => Cycle {
+                wait: ms(&mut rng, 1500, 4000),
+                disruption: Disruption::Isolate,
+                target: Target::Nodes(vec![random_node(&mut rng)]),
+                down_for: ms(&mut rng, 3000, 6000),
+            },
+            Scenario::PartitionLeader => Cycle {
+                wait: ms(&mut rng, 1500, 4000),
+                disruption: Disruption::Isolate,
+                target: Target::Leader,
+                down_for: ms(&mut rng, 3000, 6000),
+            },
         };
         planned += cycle.wait + cycle.down_for + RECOVERY_ESTIMATE;
         if planned > duration && !cycles.is_empty() {
@@ -289,6 +364,8 @@ pub struct RunConfig {
     /// Remarks about the setup, carried into the summary (e.g. a default setting the node
     /// did not know and that was left out).
     pub notes: Vec<String>,
+    /// For a container scenario: the image and the compose file.
+    pub containers: Option<ContainerConfig>,
 }
 
 impl RunConfig {
@@ -321,6 +398,8 @@ pub async fn node_knows_write_quorum(strata: &std::path::Path) -> Result<bool> {
 struct FaultLog {
     clock: RunClock,
     faults: Vec<Fault>,
+    /// The writes made through isolated nodes ([`workload::minority_writes`]).
+    minority_ops: Vec<crate::history::Op>,
 }
 
 impl FaultLog {
@@ -362,16 +441,22 @@ pub async fn run(config: &RunConfig) -> Result<ScenarioSummary> {
         config.keys,
         config.out.display()
     );
-    let mut cluster = Cluster::start(
-        ClusterConfig {
-            strata: config.strata.clone(),
-            nodes: config.nodes,
-            env: config.node_env(),
-            log_dir: config.out.join("logs"),
-        },
-        SETTLE_TIMEOUT,
-    )
-    .await
+    let cluster_config = ClusterConfig {
+        strata: config.strata.clone(),
+        nodes: config.nodes,
+        env: config.node_env(),
+        log_dir: config.out.join("logs"),
+    };
+    let mut cluster = match (&config.containers, config.scenario.in_containers()) {
+        (Some(containers), true) => {
+            Cluster::start_containers(cluster_config, containers, SETTLE_TIMEOUT).await
+        }
+        (None, true) => Err(anyhow::anyhow!(
+            "{} runs on containers and needs an image and a compose file",
+            config.scenario.name()
+        )),
+        _ => Cluster::start(cluster_config, SETTLE_TIMEOUT).await,
+    }
     .context("starting the cluster")?;
     let addrs = cluster.addrs();
     let clock = RunClock::start();
@@ -387,6 +472,7 @@ pub async fn run(config: &RunConfig) -> Result<ScenarioSummary> {
     let mut log = FaultLog {
         clock,
         faults: Vec::new(),
+        minority_ops: Vec::new(),
     };
     let mut notes = config.notes.clone();
     let deadline = Instant::now() + config.duration;
@@ -408,6 +494,10 @@ pub async fn run(config: &RunConfig) -> Result<ScenarioSummary> {
         tokio::time::sleep_until(deadline.into()).await;
     }
     let mut ops = workload.stop().await?;
+    if !log.minority_ops.is_empty() {
+        ops.append(&mut log.minority_ops);
+        ops.sort_by_key(|op| (op.start_us, op.client));
+    }
     let workload_end_us = clock.now_us();
 
     // Heal and let the cluster become quiet.
@@ -486,6 +576,7 @@ async fn play(
 ) -> Result<()> {
     let mut epoch_before = 0;
     let mut probes = Vec::new();
+    let mut minority = Vec::new();
     for (n, cycle) in schedule.iter().enumerate() {
         let n = u32::try_from(n).unwrap_or(u32::MAX);
         if Instant::now() + cycle.wait >= deadline {
@@ -529,7 +620,7 @@ async fn play(
             },
         };
         let owned: Vec<String> = match (&ring_before, cycle.disruption) {
-            (Some(ring), Disruption::Kill | Disruption::Freeze) => (0..keys)
+            (Some(ring), Disruption::Kill | Disruption::Freeze | Disruption::Isolate) => (0..keys)
                 .map(workload::key_name)
                 .filter(|k| {
                     ring.owner_of(workload::NAMESPACE, k)
@@ -554,7 +645,8 @@ async fn play(
             None
         } else {
             let (addrs, certs) = (cluster.addrs(), cluster.certs().to_path_buf());
-            workload::Probe::prepare(&addrs, &certs, owned, probe_writes, PROBE_PREPARE).await
+            workload::Probe::prepare(&addrs, &certs, owned.clone(), probe_writes, PROBE_PREPARE)
+                .await
         };
         let faulted = Instant::now();
         for &id in &targets {
@@ -564,8 +656,12 @@ async fn play(
                     log.record(n, id, FaultAction::Kill, note);
                 }
                 Disruption::Freeze => {
-                    cluster.freeze(id)?;
+                    cluster.freeze(id).await?;
                     log.record(n, id, FaultAction::Stop, note);
+                }
+                Disruption::Isolate => {
+                    cluster.isolate(id).await?;
+                    log.record(n, id, FaultAction::Isolate, note);
                 }
                 Disruption::Terminate => {
                     log.record(n, id, FaultAction::Terminate, note);
@@ -577,17 +673,46 @@ async fn play(
                 }
             }
         }
+        // The minority side: writes through the isolated node alone, to keys it owned.
+        if cycle.disruption == Disruption::Isolate
+            && let (Some(&id), Some(addr)) = (targets.first(), cluster.addr_of(targets[0]))
+        {
+            let certs = cluster.certs().to_path_buf();
+            let keys = owned.clone();
+            let client = workload::MINORITY_CLIENT + n;
+            let clock = log.clock;
+            minority.push((
+                id,
+                tokio::spawn(async move {
+                    workload::minority_writes(addr, &certs, &keys, client, clock).await
+                }),
+            ));
+        }
         if let Some(probe) = probe {
             let count = (probe.read_keys(), probe.write_keys());
             let run = tokio::spawn(probe.run(faulted, PROBE_WITHIN));
             probes.push((n, count, run));
         }
         tokio::time::sleep(cycle.down_for).await;
+        // Reconnect only once the minority writes are done (they are bounded).
+        for (id, probe) in minority.drain(..) {
+            let ops = probe.await.unwrap_or_default();
+            let acked = ops.iter().filter(|op| op.outcome.is_ok()).count();
+            notes.push(format!(
+                "cycle {n}: node {id} cut off: acknowledged {acked} of {} writes made through it alone",
+                ops.len()
+            ));
+            log.minority_ops.extend(ops);
+        }
         for &id in &targets {
             match cycle.disruption {
                 Disruption::Freeze => {
-                    cluster.thaw(id)?;
+                    cluster.thaw(id).await?;
                     log.record(n, id, FaultAction::Cont, None);
+                }
+                Disruption::Isolate => {
+                    cluster.reconnect(id).await?;
+                    log.record(n, id, FaultAction::Reconnect, None);
                 }
                 Disruption::Kill | Disruption::Terminate => {
                     cluster.restart(id).await?;

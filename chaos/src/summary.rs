@@ -148,6 +148,13 @@ pub struct ScenarioSummary {
     pub resurrections: usize,
     /// Values nobody wrote.
     pub phantoms: usize,
+    /// Writes a node cut off from the others acknowledged ([`workload::minority_writes`]);
+    /// any is a violation.
+    #[serde(default)]
+    pub minority_acks: usize,
+    /// Writes made through a node while it was cut off from the others.
+    #[serde(default)]
+    pub minority_writes: usize,
     /// Longest unavailability of a key after any fault, in milliseconds.
     pub max_unavailable_ms: f64,
     /// Median unavailability over every (fault, affected key), in milliseconds.
@@ -168,7 +175,16 @@ impl ScenarioSummary {
         let ops = &facts.ops;
         let report: CheckReport = checker::check(ops);
         let availability = checker::availability(ops, &facts.faults, facts.workload_end_us);
-        let workload: Vec<Op> = ops.iter().filter(|op| !op.final_read).cloned().collect();
+        let workload: Vec<Op> = ops
+            .iter()
+            .filter(|op| !op.final_read && op.client < workload::MINORITY_CLIENT)
+            .cloned()
+            .collect();
+        let minority: Vec<&Op> = ops
+            .iter()
+            .filter(|op| op.client >= workload::MINORITY_CLIENT && op.kind.is_write())
+            .collect();
+        let minority_acks = minority.iter().filter(|op| op.outcome.is_ok()).count();
         let mut pooled: Vec<u64> = availability
             .iter()
             .flat_map(|c| c.stretches_us.iter().copied())
@@ -194,7 +210,7 @@ impl ScenarioSummary {
             })
             .collect();
         Self {
-            verdict: if report.is_ok() {
+            verdict: if report.is_ok() && minority_acks == 0 {
                 Verdict::Pass
             } else {
                 Verdict::Fail
@@ -212,6 +228,8 @@ impl ScenarioSummary {
             stale_reads: report.count(ViolationKind::StaleRead),
             resurrections: report.count(ViolationKind::Resurrection),
             phantoms: report.count(ViolationKind::Phantom),
+            minority_acks,
+            minority_writes: minority.len(),
             max_unavailable_ms: pooled.last().copied().unwrap_or(0) as f64 / 1e3,
             p50_unavailable_ms: checker::median(&pooled) as f64 / 1e3,
             quiet: facts.quiet,
@@ -300,6 +318,12 @@ pub fn details(summary: &ScenarioSummary, examples: usize) -> String {
             .map(|(class, n)| format!("{class} {n}"))
             .collect();
         out += &format!("  failures: {}\n", classes.join(", "));
+    }
+    if summary.minority_writes > 0 {
+        out += &format!(
+            "  minority side: {} of {} writes made through an isolated node were acknowledged (must be 0)\n",
+            summary.minority_acks, summary.minority_writes
+        );
     }
     for example in summary.examples.iter().take(examples) {
         out += &format!("  {}: {}\n", example.kind.as_str(), example.explanation);

@@ -500,6 +500,67 @@ fn probe_namespace(name: &str) -> Option<Namespace> {
     Namespace::new(name).ok()
 }
 
+/// Client numbers from here on are minority probes ([`minority_writes`]), far above any
+/// workload client and the final reader.
+pub const MINORITY_CLIENT: u32 = 1_000_000;
+
+/// Most writes one minority probe makes.
+pub const MINORITY_WRITES: usize = 8;
+
+/// Writes up to [`MINORITY_WRITES`] of `keys` once each through the node at `addr` alone,
+/// as client `client` (at least [`MINORITY_CLIENT`]), with values `m{client}-{i}` that no
+/// other operation writes; the operations, recorded like the workload's.
+///
+/// Made while that node is cut off from the others, with keys it owned before the cut: the
+/// client knows only that node, routes by the ring that node gives it, and never retries, so
+/// every write goes to the minority side and nowhere else. With W ≥ 2 such a node cannot
+/// replicate, so it must acknowledge none of them (the summary counts those it did as
+/// `minority_acks`, a violation); the checker holds any it did acknowledge to "lost write".
+pub async fn minority_writes(
+    addr: SocketAddr,
+    certs: &Path,
+    keys: &[String],
+    client: u32,
+    clock: RunClock,
+) -> Vec<Op> {
+    let mut config = ClientConfig::new(addr.to_string(), certs);
+    config.request_timeout = ATTEMPT_TIMEOUT;
+    config.connect_timeout = ATTEMPT_TIMEOUT;
+    config.retries = 0;
+    let connected = tokio::time::timeout(ATTEMPT_TIMEOUT * 2, Client::connect(config)).await;
+    let (Ok(Ok(probe)), Ok(namespace)) = (connected, Namespace::new(NAMESPACE)) else {
+        return Vec::new();
+    };
+    let mut ops = Vec::new();
+    for (i, key) in keys.iter().take(MINORITY_WRITES).enumerate() {
+        let Ok(key) = Key::new(key) else { continue };
+        let start_us = clock.now_us();
+        let value = format!("m{client}-{i}");
+        let (outcome, value, version) = run_op(
+            &probe,
+            &namespace,
+            &key,
+            OpKind::Set,
+            Some(value),
+            ATTEMPT_TIMEOUT * 2,
+        )
+        .await;
+        ops.push(Op {
+            client,
+            kind: OpKind::Set,
+            key: key.to_string(),
+            value,
+            start_us,
+            end_us: clock.now_us(),
+            outcome,
+            version,
+            final_read: false,
+        });
+    }
+    probe.close().await;
+    ops
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -4,8 +4,8 @@
 //! `Cargo.toml`), so Cargo builds the `strata` binary they run, fresh, before them.
 //!
 //! [`Cluster`] makes development certificates with `strata certs init`, and [`TestNode`]
-//! starts `strata node` on `127.0.0.1:0` (the OS picks a free port; the node prints the
-//! address it got) with its own data directory, and kills the process when dropped — also
+//! starts `strata node` on `127.0.0.1:0` (the OS picks free QUIC and admin HTTP ports; the
+//! node prints the addresses it got) with its own data directory, and kills the process when dropped — also
 //! when a test fails. Nothing here uses fixed ports or addresses outside this machine.
 
 // Each test file uses the part of the harness it needs.
@@ -80,6 +80,17 @@ impl Cluster {
         listen: SocketAddr,
         seed: Option<SocketAddr>,
     ) -> Result<TestNode> {
+        self.start_member_with(id, listen, seed, &[])
+    }
+
+    /// [`Cluster::start_member`] with extra environment.
+    pub(crate) fn start_member_with(
+        &self,
+        id: u64,
+        listen: SocketAddr,
+        seed: Option<SocketAddr>,
+        env: &[(&str, &str)],
+    ) -> Result<TestNode> {
         let admin = free_tcp_port()?;
         let (id, listen, admin) = (id.to_string(), listen.to_string(), admin.to_string());
         let mut args = vec![
@@ -99,7 +110,7 @@ impl Cluster {
             &self.certs(),
             &self.data_dir(&format!("node-{id}")),
             &args,
-            &[],
+            env,
         )
     }
 }
@@ -120,6 +131,7 @@ pub(crate) fn free_tcp_port() -> Result<SocketAddr> {
 pub(crate) struct TestNode {
     child: Option<Child>,
     addr: SocketAddr,
+    admin: Option<SocketAddr>,
     stderr: mpsc::Receiver<String>,
 }
 
@@ -132,6 +144,9 @@ impl TestNode {
         env: &[(&str, &str)],
     ) -> Result<Self> {
         let mut all = vec!["--listen", "127.0.0.1:0"];
+        if !args.contains(&"--admin") {
+            all.extend(["--admin", "127.0.0.1:0"]);
+        }
         all.extend_from_slice(args);
         Self::start_with(certs, data_dir, &all, env)
     }
@@ -164,10 +179,14 @@ impl TestNode {
         let stdout = child.stdout.take().context("stdout")?;
         let stderr = child.stderr.take().context("stderr")?;
         let (addr_tx, addr_rx) = mpsc::channel();
+        let (admin_tx, admin_rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
                 if let Some(addr) = line.split("listening on ").nth(1) {
                     let _ = addr_tx.send(addr.trim().to_owned());
+                }
+                if let Some(addr) = line.split("admin http on ").nth(1) {
+                    let _ = admin_tx.send(addr.trim().to_owned());
                 }
             }
         });
@@ -188,6 +207,7 @@ impl TestNode {
         let mut node = Self {
             child: Some(child),
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            admin: None,
             stderr: err_rx,
         };
         match addr_rx.recv_timeout(Duration::from_secs(30)) {
@@ -198,12 +218,27 @@ impl TestNode {
             }
             Err(_) => bail!("node did not start; its log:\n{}", node.log()),
         }
+        // Printed right after the QUIC address.
+        if let Ok(admin) = admin_rx.recv_timeout(Duration::from_secs(5)) {
+            node.admin = admin.parse().ok();
+        }
         Ok(node)
     }
 
     /// Where the node listens.
     pub(crate) fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Where the node's admin HTTP endpoint listens.
+    pub(crate) fn admin(&self) -> Result<SocketAddr> {
+        self.admin
+            .context("the node did not print its admin address")
+    }
+
+    /// `GET path` on the node's admin endpoint: the status code and the body.
+    pub(crate) fn admin_get(&self, path: &str) -> Result<(u16, String)> {
+        http_get(self.admin()?, path)
     }
 
     /// The process id.
@@ -270,4 +305,29 @@ impl Drop for TestNode {
     fn drop(&mut self) {
         self.stop();
     }
+}
+
+/// A plain HTTP/1.1 `GET` (the admin endpoint closes nothing early, so the whole answer is
+/// read until the server closes the connection): the status code and the body.
+pub(crate) fn http_get(addr: SocketAddr, path: &str) -> Result<(u16, String)> {
+    use std::io::Read as _;
+    let mut stream = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+    stream.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(
+        stream,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )?;
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw)?;
+    let text = String::from_utf8(raw).context("the answer is not UTF-8")?;
+    let (head, body) = text
+        .split_once("\r\n\r\n")
+        .context("no end of the HTTP header")?;
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .context("no status line")?
+        .parse()
+        .context("a bad status code")?;
+    Ok((status, body.to_owned()))
 }

@@ -133,6 +133,13 @@ pub(crate) struct StatsArgs {
     target: Target,
 }
 
+/// `strata ping`.
+#[derive(Args)]
+pub(crate) struct PingArgs {
+    #[command(flatten)]
+    target: Target,
+}
+
 /// `strata members`.
 #[derive(Args)]
 pub(crate) struct MembersArgs {
@@ -286,6 +293,22 @@ pub(crate) fn stats(args: StatsArgs) -> Result<ExitCode> {
         Ok(client.cluster_stats().await?)
     }))??;
     print_cluster_stats(&stats, args.target.json)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Asks the node at `--addr` to answer over QUIC with mutual TLS; prints its id. A
+/// container's health check: it needs nothing but the `strata` binary and the certificates.
+pub(crate) fn ping(args: PingArgs) -> Result<ExitCode> {
+    let started = Instant::now();
+    let node = block_on(with_client(&args.target, |client| async move {
+        Ok(client.ping().await?)
+    }))??;
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if args.target.json {
+        println!("{}", serde_json::json!({ "node": node.0, "ms": ms }));
+    } else {
+        println!("node {} answered in {ms:.1} ms", node.0);
+    }
     Ok(ExitCode::SUCCESS)
 }
 

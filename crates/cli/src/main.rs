@@ -1,8 +1,10 @@
 //! `strata`: the command-line entry point.
 //!
-//! - `strata get|set|del|keys|clear|stats|members|ring|leave` talk to a running cluster
+//! - `strata get|set|del|keys|clear|stats|ping|members|ring|leave` talk to a running cluster
 //!   through the client library (`--addr`, `--certs`, `--namespace`, `--json`; see
 //!   [`cluster`]).
+//! - `strata top` is a live per-node view of the cluster, from every member's `/metrics`
+//!   (see [`top`]).
 //! - `strata bench` drives a cluster with load and reports throughput and latency
 //!   percentiles (see [`bench`]).
 //! - `strata node` runs one node; `strata certs init` makes development certificates (see
@@ -14,11 +16,15 @@
 //!
 //! Every command follows the CLI contract: `get` of a missing key prints nothing and exits
 //! 1 (so does `del` of a missing key); errors go to stderr and exit 2. Logs go to stderr,
-//! filtered by `STRATA_LOG` (or `RUST_LOG`), warnings only by default.
+//! filtered by `STRATA_LOG` (or `RUST_LOG`), warnings only by default; `STRATA_LOG_FORMAT=json`
+//! writes them as JSON lines. With `STRATA_OTLP_ENDPOINT` set, the client's request spans are
+//! exported there (OTLP/HTTP) and the nodes' spans join their traces. `strata node` takes
+//! the same settings from its configuration (`log_format`, `otlp_endpoint`).
 //!
 //! # Layout
 //! - `cluster`: the cluster commands and their shared connection options.
 //! - `bench`: the load generator.
+//! - `top`: the live view.
 //! - `local`: the data-directory commands.
 //! - `node`: running a node, and certificates.
 //! - `up`: a local cluster of child processes.
@@ -27,7 +33,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use tracing_subscriber::EnvFilter;
+use strata_node::telemetry::{self, LogFormat, TelemetryConfig};
 
 mod bench;
 mod cluster;
@@ -35,6 +41,7 @@ mod input;
 mod local;
 mod node;
 mod output;
+mod top;
 mod up;
 
 #[derive(Parser)]
@@ -62,6 +69,10 @@ enum Command {
     Clear(cluster::ClearArgs),
     /// Counters and sizes of every node, and their sum.
     Stats(cluster::StatsArgs),
+    /// Check that the node at --addr answers (exit 0) and print its id; exit 2 if not.
+    Ping(cluster::PingArgs),
+    /// Live view of the cluster, refreshed every second: ops/s, hit rate, p99, bytes per node.
+    Top(top::TopArgs),
     /// The cluster's members: addresses, state, leader, partitions owned.
     Members(cluster::MembersArgs),
     /// The ring: epoch, parameters, partitions per member, hand-offs in progress.
@@ -82,8 +93,12 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    init_tracing();
     let cli = Cli::parse();
+    // A node sets up its logs and traces from its configuration.
+    let _telemetry = match &cli.command {
+        Command::Node(_) => None,
+        _ => init_telemetry(),
+    };
     let result = match cli.command {
         Command::Get(args) => cluster::get(args),
         Command::Set(args) => cluster::set(args),
@@ -91,6 +106,8 @@ fn main() -> ExitCode {
         Command::Keys(args) => cluster::keys(args),
         Command::Clear(args) => cluster::clear(args),
         Command::Stats(args) => cluster::stats(args),
+        Command::Ping(args) => cluster::ping(args),
+        Command::Top(args) => top::run(args),
         Command::Members(args) => cluster::members(args),
         Command::Ring(args) => cluster::ring(args),
         Command::Leave(args) => cluster::leave(args),
@@ -109,13 +126,27 @@ fn main() -> ExitCode {
     }
 }
 
-/// Logs to stderr, filtered by `STRATA_LOG`, else `RUST_LOG`, else warnings only.
-fn init_tracing() {
-    let filter = EnvFilter::try_from_env("STRATA_LOG")
-        .or_else(|_| EnvFilter::try_from_default_env())
-        .unwrap_or_else(|_| EnvFilter::new("warn"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .try_init();
+/// Logs to stderr, filtered by `STRATA_LOG`, else `RUST_LOG`, else warnings only, as text or
+/// (`STRATA_LOG_FORMAT=json`) JSON; spans to `STRATA_OTLP_ENDPOINT` if set.
+fn init_telemetry() -> Option<telemetry::TelemetryGuard> {
+    let log_format = match std::env::var("STRATA_LOG_FORMAT").as_deref() {
+        Ok("json") => LogFormat::Json,
+        _ => LogFormat::Text,
+    };
+    let config = TelemetryConfig {
+        service_name: "strata".into(),
+        instance: None,
+        log_format,
+        default_filter: "warn".into(),
+        otlp_endpoint: std::env::var("STRATA_OTLP_ENDPOINT")
+            .ok()
+            .filter(|e| !e.is_empty()),
+    };
+    match telemetry::init(&config) {
+        Ok(guard) => Some(guard),
+        Err(e) => {
+            eprintln!("strata: traces are off: {e:#}");
+            None
+        }
+    }
 }

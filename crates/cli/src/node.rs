@@ -40,6 +40,10 @@ pub(crate) struct NodeArgs {
     /// HOST:PORT that peers and clients dial to reach this node (default: the listen address).
     #[arg(long, value_name = "ADDR")]
     advertise: Option<String>,
+    /// HOST:PORT that clients outside the members' network dial instead (a port published on
+    /// the host); see `cluster.advertise_client`.
+    #[arg(long, value_name = "ADDR")]
+    advertise_client: Option<String>,
     /// On SIGTERM/SIGINT, hand this node's partitions off and leave the cluster before exiting.
     #[arg(long)]
     leave_on_shutdown: bool,
@@ -66,16 +70,33 @@ pub(crate) fn run(args: NodeArgs) -> Result<ExitCode> {
     if let Some(advertise) = args.advertise {
         config.cluster.advertise = Some(advertise);
     }
+    if let Some(advertise) = args.advertise_client {
+        config.cluster.advertise_client = Some(advertise);
+    }
     if args.leave_on_shutdown {
         config.cluster.leave_on_shutdown = true;
     }
     config.validate().context("checking the configuration")?;
-    let leave_on_shutdown = config.cluster.leave_on_shutdown;
     let runtime = tokio::runtime::Runtime::new().context("starting the runtime")?;
+    // The batch span exporter runs on its own thread; it is set up inside the runtime only
+    // because the OTLP client may look for one.
+    let _telemetry = runtime
+        .block_on(async {
+            strata_node::telemetry::init(&strata_node::telemetry::TelemetryConfig {
+                service_name: "strata-node".into(),
+                instance: Some(config.node_id.to_string()),
+                log_format: config.log_format,
+                default_filter: "warn".into(),
+                otlp_endpoint: config.otlp_endpoint.clone(),
+            })
+        })
+        .context("setting up logs and traces")?;
+    let leave_on_shutdown = config.cluster.leave_on_shutdown;
     runtime.block_on(async move {
         let node = RunningNode::start(config).await?;
-        // Tests and scripts read this line to learn the port.
+        // Tests and scripts read these lines to learn the ports.
         println!("strata node listening on {}", node.local_addr());
+        println!("strata node admin http on {}", node.admin_addr());
         let left = node.cluster().left();
         tokio::select! {
             signal = wait_for_signal() => {
@@ -120,15 +141,29 @@ pub(crate) enum CertsCommand {
         #[arg(long = "name")]
         names: Vec<String>,
         /// Replace an existing CA.
-        #[arg(long)]
+        #[arg(long, conflicts_with = "if_missing")]
         force: bool,
+        /// If the directory already holds a CA, keep every file as it is and exit 0: for an
+        /// init step that runs at every start (docker-compose.yml).
+        #[arg(long)]
+        if_missing: bool,
     },
 }
 
 /// Runs `strata certs …`.
 pub(crate) fn certs(command: CertsCommand) -> Result<ExitCode> {
     match command {
-        CertsCommand::Init { out, names, force } => {
+        CertsCommand::Init {
+            out,
+            names,
+            force,
+            if_missing,
+        } => {
+            let ca = out.join("ca.pem");
+            if if_missing && ca.exists() {
+                println!("kept the certificates in {}", out.display());
+                return Ok(ExitCode::SUCCESS);
+            }
             let paths = strata_node::certs::init(&out, &names, force)?;
             println!("wrote development certificates to {}", paths.dir.display());
             println!(

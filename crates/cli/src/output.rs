@@ -270,6 +270,7 @@ pub(crate) fn members_json(ring: &Ring) -> Json {
             serde_json::json!({
                 "id": m.id.0,
                 "addr": m.addr,
+                "client_addr": m.client_addr,
                 "admin": m.admin,
                 "state": m.state.as_str(),
                 "leader": ring.leader == Some(m.id),
@@ -440,6 +441,7 @@ mod tests {
             addr: format!("10.0.0.{id}:7400"),
             admin: format!("10.0.0.{id}:7401"),
             state,
+            client_addr: None,
         };
         Ring {
             epoch: 4,

@@ -162,6 +162,7 @@ impl Client {
             };
             match fetched {
                 Ok((ring, conn)) => {
+                    client.choose_addresses(&ring, seed, conn.remote());
                     tracing::debug!(
                         seed,
                         epoch = ring.epoch,
@@ -880,7 +881,7 @@ fn ttl_ms(ttl: Duration) -> u64 {
 
 /// Rebuilds an entry from its wire form, taking its payload from `streamed` if it followed
 /// the frame, and checks the payload against the checksum in its metadata.
-fn entry_from_wire(
+pub(crate) fn entry_from_wire(
     entry: WireEntry,
     streamed: &mut impl Iterator<Item = Bytes>,
 ) -> Result<Entry, Error> {

@@ -14,6 +14,7 @@ use strata_proto::wire;
 
 use crate::error::Error;
 use crate::io::ReadLimits;
+use crate::routing::AddressSelection;
 
 /// Server name used for nodes addressed by IP: every node certificate issued by
 /// `strata certs init` carries it as a DNS SAN, whatever its addresses.
@@ -114,6 +115,9 @@ pub struct ClientConfig {
     pub server_name: Option<String>,
     /// CA, client certificate and key.
     pub tls: TlsFiles,
+    /// Which of each member's addresses to dial: the one peers dial, or the one advertised
+    /// for clients outside the members' network. Default [`AddressSelection::Auto`].
+    pub addresses: AddressSelection,
     /// Bound on one connection handshake.
     pub connect_timeout: Duration,
     /// Bound on one attempt of one request.
@@ -151,6 +155,7 @@ impl ClientConfig {
             seeds: Vec::new(),
             server_name: None,
             tls: TlsFiles::in_dir(certs_dir),
+            addresses: AddressSelection::Auto,
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             request_timeout: DEFAULT_REQUEST_TIMEOUT,
             retries: DEFAULT_RETRIES,

@@ -153,6 +153,11 @@ impl NodeConnection {
         self.dial(dialing).await
     }
 
+    /// Whether the link holds a live connection now (it does not dial).
+    pub fn is_connected(&self) -> bool {
+        self.live().is_some()
+    }
+
     fn live(&self) -> Option<Connection> {
         self.current
             .lock()
@@ -259,6 +264,9 @@ impl NodeConnection {
             recv,
             done: false,
         };
+        // Inside a recorded span, the request carries its trace context.
+        let traced = crate::trace::traced_frame(frame);
+        let frame = traced.as_ref().unwrap_or(frame);
         let written =
             match io::write_message(&mut stream.send, frame, bodies, self.chunk_bytes).await {
                 Ok(()) => stream

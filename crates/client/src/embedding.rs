@@ -23,6 +23,7 @@
 //! the array (the entry's metadata has its creation time). The hit/miss counters are this
 //! cache object's, not the cluster's.
 
+use std::future::Future;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -34,6 +35,7 @@ use strata_proto::{DType, Element, Key, Namespace, Tensor, Value};
 
 use crate::cache_error::CacheError;
 use crate::client::Client;
+use crate::flight::{ComputeError, ComputeOptions, Origin};
 
 /// Hex digits of the SHA-256 digest kept in the key, as in the reference.
 pub const KEY_HASH_HEX_DIGITS: usize = 16;
@@ -336,6 +338,35 @@ impl EmbeddingCache {
             .into_iter()
             .map(|r| r.map_err(CacheError::from))
             .collect())
+    }
+
+    /// The stored tensor of `text` by `model`; on a miss, computed by `compute` and stored
+    /// with the cache's TTL — once across the fleet, with concurrent callers anywhere waiting
+    /// for the first caller's tensor (see [`Client::get_or_compute`]). Counted as a hit when
+    /// the tensor was cached, as a miss otherwise.
+    pub async fn get_or_compute_tensor<F, Fut, E>(
+        &self,
+        text: &str,
+        model: &str,
+        compute: F,
+    ) -> Result<Tensor, ComputeError<E>>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<Tensor, E>>,
+    {
+        let key = key_for(model, text).map_err(ComputeError::Typed)?;
+        let computed = self
+            .client
+            .get_or_compute_with(
+                &self.namespace,
+                &key,
+                self.ttl,
+                &ComputeOptions::default(),
+                || async move { compute().await.map(Value::Tensor) },
+            )
+            .await?;
+        self.count(computed.origin == Origin::Cached);
+        tensor_of(&key, computed.value).map_err(ComputeError::Typed)
     }
 
     fn count(&self, hit: bool) {

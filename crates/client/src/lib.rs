@@ -36,6 +36,8 @@
 //!   the ring after failures.
 //! - [`client`]: [`Client`], the typed calls, retries, per-owner batches and cluster-wide
 //!   calls on top.
+//! - [`flight`]: [`Client::get_or_compute`], with cluster-wide single flight: one caller in
+//!   the fleet computes a missing value, the others wait for it.
 //! - [`embedding`]: [`EmbeddingCache`], embeddings keyed by model and text, ndarray in and
 //!   out with dtype and shape preserved, batches, hit/miss statistics.
 //! - [`artifact`]: [`ArtifactCache`], one pipeline profile's keyframes, transcripts, frame
@@ -46,6 +48,7 @@
 //!   statistics and key listings from several members are merged.
 //! - `batch`: how one owner's share of a batch call is cut into requests (pure functions).
 //! - [`tls`]: rustls/quinn configuration from the certificate files.
+//! - [`trace`]: the caller's trace context, carried with each request when traces are on.
 //! - [`io`]: frames and streamed bodies on QUIC streams (shared with the node).
 
 pub mod artifact;
@@ -56,10 +59,12 @@ pub mod config;
 pub mod connection;
 pub mod embedding;
 pub mod error;
+pub mod flight;
 pub mod io;
 pub mod jpeg;
 pub mod routing;
 pub mod tls;
+pub mod trace;
 
 mod batch;
 
@@ -74,3 +79,5 @@ pub use cluster::{ClusterStats, Membership, NodeStats};
 pub use config::{ClientConfig, TlsFiles};
 pub use embedding::{EmbeddingCache, EmbeddingCacheBuilder, EmbeddingStats};
 pub use error::Error;
+pub use flight::{ComputeError, ComputeOptions, Computed, Origin};
+pub use routing::AddressSelection;

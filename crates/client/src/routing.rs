@@ -33,6 +33,16 @@
 //! A batch request whose keys no longer share one owner after a ring change is handed back
 //! to the batch call, which groups its keys again by the new ring.
 //!
+//! # Which address of a member
+//! A member has the address its peers dial (`addr`) and may advertise another for clients
+//! outside the members' network (`client_addr`: a container port published on the host, a
+//! NAT), like Kafka's internal and external listeners. The client decides once, when it
+//! connects ([`ClientConfig::addresses`](crate::ClientConfig)): by default
+//! ([`AddressSelection::Auto`]) it dials every member at its `client_addr` if the seed that
+//! answered is some member's `client_addr` and no member's `addr` (compared as written, or as
+//! socket addresses), and at `addr` otherwise. A member without a `client_addr` is always
+//! dialled at `addr`.
+//!
 //! # Fetching the ring
 //! Refreshes are single-flight: concurrent requests that fail together wait for one refresh
 //! instead of each starting their own. A refresh asks candidate nodes one after another,
@@ -80,6 +90,34 @@ pub(crate) struct Routes {
     refreshing: tokio::sync::Mutex<()>,
     /// Refreshes completed, so a task that waited for another's refresh can skip its own.
     refreshes: std::sync::atomic::AtomicU64,
+    /// Whether members are dialled at their `client_addr` (decided at connect time).
+    client_addrs: std::sync::atomic::AtomicBool,
+}
+
+/// Which of a member's addresses a client dials (see the module documentation).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum AddressSelection {
+    /// `client_addr` if the seed that answered is a member's `client_addr` and no member's
+    /// `addr`; otherwise `addr`.
+    #[default]
+    Auto,
+    /// Always `addr`, the address peers dial.
+    Advertised,
+    /// `client_addr` wherever a member has one.
+    Client,
+}
+
+/// Whether a client that reached the cluster through `seed` (resolved to `remote`) should
+/// dial the members' `client_addr` under [`AddressSelection::Auto`]: `seed` is some member's
+/// `client_addr` and no member's `addr`, comparing addresses as written or as socket
+/// addresses.
+pub fn reached_through_client_addr(ring: &Ring, seed: &str, remote: SocketAddr) -> bool {
+    let same = |addr: &str| addr == seed || addr.parse::<SocketAddr>().ok() == Some(remote);
+    let external = ring
+        .members
+        .iter()
+        .any(|m| m.client_addr.as_deref().is_some_and(same));
+    external && !ring.members.iter().any(|m| same(&m.addr))
 }
 
 struct Link {
@@ -104,6 +142,7 @@ impl Routes {
             primary: OnceLock::new(),
             refreshing: tokio::sync::Mutex::new(()),
             refreshes: std::sync::atomic::AtomicU64::new(0),
+            client_addrs: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -313,18 +352,42 @@ impl Client {
             .clone())
     }
 
+    /// Decides which of the members' addresses to dial, once the seed at `seed` (resolved
+    /// to `remote`) has answered with `ring` (see [`AddressSelection`]).
+    pub(crate) fn choose_addresses(&self, ring: &Ring, seed: &str, remote: SocketAddr) {
+        let client = match self.inner.config.addresses {
+            AddressSelection::Auto => reached_through_client_addr(ring, seed, remote),
+            AddressSelection::Advertised => false,
+            AddressSelection::Client => true,
+        };
+        if client {
+            tracing::debug!(seed, "dialling the members at their client addresses");
+        }
+        self.routes().client_addrs.store(client, Ordering::Release);
+    }
+
+    /// The address this client dials `member` at: its `client_addr` if the client uses
+    /// client addresses and the member has one, else its `addr`.
+    pub(crate) fn dial_addr<'m>(&self, member: &'m Member) -> &'m str {
+        match &member.client_addr {
+            Some(addr) if self.routes().client_addrs.load(Ordering::Acquire) => addr,
+            _ => &member.addr,
+        }
+    }
+
     /// The link to a member, made if there is none or the member's address changed.
     pub(crate) async fn link(&self, member: &Member) -> Result<Arc<NodeConnection>, Error> {
+        let addr = self.dial_addr(member);
         if let Some(link) = self.routes().links.lock().get(&member.id)
-            && link.addr == member.addr
+            && link.addr == addr
         {
             return Ok(link.conn.clone());
         }
-        let conn = self.connection_to(&member.addr).await?;
+        let conn = self.connection_to(addr).await?;
         self.routes().links.lock().insert(
             member.id,
             Link {
-                addr: member.addr.clone(),
+                addr: addr.to_owned(),
                 conn: conn.clone(),
             },
         );
@@ -604,11 +667,16 @@ impl Client {
         request: Request,
         bodies: &[Bytes],
     ) -> Result<(Response, Vec<Bytes>), Error> {
+        use tracing::Instrument as _;
+        // One client span per call (retries and redirects included); recorded only when an
+        // OpenTelemetry layer is installed, else disabled at its call site.
+        let span = tracing::info_span!("strata.client", otel.kind = "client", op = request.kind());
         let mut frame = self.frame(request);
-        match self
+        let routed = self
             .call_routed(&mut frame, bodies, namespace, &[key])
-            .await?
-        {
+            .instrument(span)
+            .await?;
+        match routed {
             Routed::Answer(response, bodies) => Ok((response, bodies)),
             // One key always has one owner.
             Routed::Split => Err(Error::Routing(format!("no single owner for key {key:?}"))),
@@ -663,6 +731,7 @@ impl Client {
                     addr: conn.addr().to_owned(),
                     admin: String::new(),
                     state: MemberState::Active,
+                    client_addr: None,
                 };
                 Ok(Ring::standalone(member, params))
             }
@@ -784,6 +853,7 @@ mod tests {
                 addr: format!("127.0.0.1:{id}"),
                 admin: String::new(),
                 state: MemberState::Active,
+                client_addr: None,
             })
             .collect();
         Ring {
@@ -843,5 +913,43 @@ mod tests {
         let k = key_in(&ring, 0);
         let err = owner_of(&ring, "default", &k).err();
         assert!(matches!(err, Some(Error::Routing(_))), "{err:?}");
+    }
+
+    #[test]
+    fn client_addresses_are_used_only_when_the_seed_is_one_of_them() {
+        let mut ring = ring(&[1, 2]);
+        for m in &mut ring.members {
+            m.addr = format!("strata-{}:7400", m.id.0);
+            m.client_addr = Some(format!("127.0.0.1:{}", 17400 + m.id.0));
+        }
+        let remote = |port: u16| SocketAddr::from(([127, 0, 0, 1], port));
+        // Through a published port, as written or under another name of the same socket.
+        assert!(reached_through_client_addr(
+            &ring,
+            "127.0.0.1:17402",
+            remote(17402)
+        ));
+        assert!(reached_through_client_addr(
+            &ring,
+            "localhost:17401",
+            remote(17401)
+        ));
+        // Through a member's own address (inside the members' network).
+        assert!(!reached_through_client_addr(
+            &ring,
+            "strata-1:7400",
+            remote(7400)
+        ));
+        // Through something that is neither (a load balancer): the members' addresses.
+        assert!(!reached_through_client_addr(&ring, "lb:9000", remote(9000)));
+        // Members without client addresses.
+        for m in &mut ring.members {
+            m.client_addr = None;
+        }
+        assert!(!reached_through_client_addr(
+            &ring,
+            "127.0.0.1:17401",
+            remote(17401)
+        ));
     }
 }

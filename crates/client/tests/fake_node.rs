@@ -152,6 +152,7 @@ fn member(id: NodeId, addr: SocketAddr) -> Member {
         addr: addr.to_string(),
         admin: String::new(),
         state: MemberState::Active,
+        client_addr: None,
     }
 }
 

@@ -51,8 +51,10 @@ use crate::tls::TlsFiles;
 pub const ENV_PREFIX: &str = "STRATA_";
 
 /// Top-level fields of [`Config`]: the only first segments read from the environment.
-const TOP_LEVEL_KEYS: [&str; 9] = [
+const TOP_LEVEL_KEYS: [&str; 11] = [
     "node_id",
+    "log_format",
+    "otlp_endpoint",
     "cluster",
     "listen",
     "admin",
@@ -122,6 +124,24 @@ pub struct Config {
     /// milliseconds. Default 10 000: longer than a typical request, well inside the 30 s a
     /// supervisor (systemd, Docker) allows before it kills the process.
     pub shutdown_grace_ms: u64,
+    /// Format of the node's log lines on stderr: `text` (default, for people) or `json` (one
+    /// object per line, for log shippers). Which lines is set by `STRATA_LOG` / `RUST_LOG`.
+    pub log_format: LogFormat,
+    /// Base URL of an OTLP/HTTP collector (`http://HOST:4318`); spans go to
+    /// `<otlp_endpoint>/v1/traces`. Default none: no spans are recorded or exported, and
+    /// requests carry no trace context — tracing costs nothing unless asked for.
+    pub otlp_endpoint: Option<String>,
+}
+
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable lines.
+    #[default]
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 impl Default for Config {
@@ -136,6 +156,8 @@ impl Default for Config {
             limits: Limits::default(),
             cluster: ClusterConfig::default(),
             shutdown_grace_ms: 10_000,
+            log_format: LogFormat::Text,
+            otlp_endpoint: None,
         }
     }
 }
@@ -244,6 +266,12 @@ pub struct ClusterConfig {
     pub advertise: Option<String>,
     /// `HOST:PORT` advertised for the admin endpoint. Default: the admin address.
     pub advertise_admin: Option<String>,
+    /// `HOST:PORT` advertised to clients outside the members' network, when they cannot
+    /// dial `advertise` (a container port published on the host, a NAT): Kafka's external
+    /// listener, Redis' `cluster-announce-*`. Peers never use it; a client uses these
+    /// addresses for every member once it reached the cluster through one of them. Default
+    /// none: clients dial `advertise`.
+    pub advertise_client: Option<String>,
     /// Most voting members of the Raft group; later members are learners and are promoted
     /// when a voter leaves. Default 5: tolerates two failures, and keeps commits cheap.
     pub max_voters: usize,
@@ -300,6 +328,7 @@ impl Default for ClusterConfig {
             join: None,
             advertise: None,
             advertise_admin: None,
+            advertise_client: None,
             max_voters: 5,
             partitions: strata_proto::ring::DEFAULT_PARTITIONS,
             vnodes: strata_proto::ring::DEFAULT_VNODES,
@@ -585,10 +614,19 @@ impl Config {
                 "a node either bootstraps a new cluster or joins one, not both",
             ));
         }
+        if let Some(endpoint) = &self.otlp_endpoint
+            && !(endpoint.starts_with("http://") || endpoint.starts_with("https://"))
+        {
+            return Err(invalid(
+                "otlp_endpoint",
+                format!("{endpoint:?} is not an http:// or https:// URL"),
+            ));
+        }
         for (key, addr) in [
             ("cluster.join", &c.join),
             ("cluster.advertise", &c.advertise),
             ("cluster.advertise_admin", &c.advertise_admin),
+            ("cluster.advertise_client", &c.advertise_client),
         ] {
             if let Some(addr) = addr {
                 check_host_port(addr).map_err(|reason| invalid(key, reason))?;

@@ -13,6 +13,10 @@
 //!   deadline. A malformed, truncated or oversized request gets an error response on its own
 //!   stream; the connection and the node carry on.
 //!
+//! Beside QUIC, the node serves its admin HTTP endpoint (see [`admin`](crate::admin)) on
+//! `config.admin`, and records every request in its [`Metrics`] and, when traces are on,
+//! in a span joined to the caller's trace.
+//!
 //! Shutdown (SIGINT or SIGTERM from the CLI): stop accepting connections and streams, let the
 //! requests in flight finish (bounded by `shutdown_grace_ms`), drain the writer actors so
 //! every queued write reaches the tiers, close the endpoint, and let the filesystem tier
@@ -34,14 +38,17 @@ use strata_store::{Clock, TierContext, TierRegistry, Tiered, system_clock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument as _;
 
 use crate::actors::{self, Supervisor, SupervisorMsg};
+use crate::admin::{AdminServer, AdminState};
 use crate::cluster::membership::{Membership, MembershipMsg};
 use crate::cluster::network::NetworkFactory;
 use crate::cluster::peers::Peers;
 use crate::cluster::{Cluster, Start};
 use crate::config::Config;
 use crate::config::WriteMode;
+use crate::metrics::{self, Metrics};
 use crate::service::{Service, ServiceLimits};
 use crate::tls;
 use crate::tombstones::Tombstones;
@@ -54,7 +61,8 @@ struct Shared {
     chunk_bytes: usize,
     request_timeout: Duration,
     max_connections: usize,
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
+    metrics: Arc<Metrics>,
     /// Tracks request tasks, so shutdown can wait for those in flight.
     requests: TaskTracker,
     /// Cancelled when the node stops accepting work.
@@ -76,6 +84,7 @@ pub struct RunningNode {
     cluster: Arc<Cluster>,
     membership: ActorRef<MembershipMsg>,
     tasks: Vec<tokio::task::JoinHandle<()>>,
+    admin: AdminServer,
 }
 
 impl RunningNode {
@@ -85,8 +94,17 @@ impl RunningNode {
     }
 
     /// [`RunningNode::start`] with a given clock.
-    pub async fn start_with_clock(config: Config, clock: Arc<dyn Clock>) -> anyhow::Result<Self> {
+    pub async fn start_with_clock(
+        mut config: Config,
+        clock: Arc<dyn Clock>,
+    ) -> anyhow::Result<Self> {
         tls::install_crypto_provider();
+        // Bound first, so that the members learn the admin port picked for port 0.
+        let admin_listener = AdminServer::bind(config.admin).await?;
+        let admin_addr = admin_listener.local_addr()?;
+        if config.cluster.advertise_admin.is_none() {
+            config.cluster.advertise_admin = Some(admin_addr.to_string());
+        }
         std::fs::create_dir_all(&config.data_dir)
             .with_context(|| format!("creating data directory {}", config.data_dir.display()))?;
         let tiered = config.tiered_config();
@@ -118,6 +136,7 @@ impl RunningNode {
         }
         let write_back = (config.store.write_mode == WriteMode::Back && memory_first)
             .then(|| Arc::clone(&pending));
+        let write_back_pending = write_back.clone();
 
         let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
             .context("loading TLS certificates")?;
@@ -154,6 +173,22 @@ impl RunningNode {
         );
         let service = Arc::new(service);
         let membership = Membership::start(Arc::clone(&cluster), Arc::clone(&service)).await?;
+        let connections = Arc::new(AtomicUsize::new(0));
+        let metrics = Arc::new(Metrics::new(config.node_id)?);
+        metrics.observe(metrics::Sources {
+            cluster: Arc::clone(&cluster),
+            store: Arc::clone(&store),
+            connections: Arc::clone(&connections),
+            pending: write_back_pending,
+        });
+        let admin = AdminServer::start(
+            admin_listener,
+            AdminState {
+                metrics: Arc::clone(&metrics),
+                cluster: Arc::clone(&cluster),
+                service: Arc::clone(&service),
+            },
+        );
         let shared = Arc::new(Shared {
             service,
             limits: ReadLimits {
@@ -169,7 +204,8 @@ impl RunningNode {
             chunk_bytes: limits.chunk_bytes,
             request_timeout,
             max_connections: limits.max_connections,
-            connections: AtomicUsize::new(0),
+            connections,
+            metrics,
             requests: TaskTracker::new(),
             stopping: CancellationToken::new(),
             inflight: Arc::new(Semaphore::new(
@@ -186,7 +222,7 @@ impl RunningNode {
             supervisor.get_cell(),
         )
         .await?;
-        tracing::info!(node = config.node_id, addr = %local_addr, "serving");
+        tracing::info!(node = config.node_id, addr = %local_addr, admin = %admin_addr, "serving");
         let mut tasks = enter_cluster(&cluster, start, &config);
         tasks.push(tokio::spawn(crate::cluster::lease::run(Arc::clone(
             &cluster,
@@ -204,6 +240,7 @@ impl RunningNode {
             cluster,
             membership,
             tasks,
+            admin,
         })
     }
 
@@ -242,6 +279,16 @@ impl RunningNode {
         self.local_addr
     }
 
+    /// The address of the admin HTTP endpoint.
+    pub fn admin_addr(&self) -> SocketAddr {
+        self.admin.local_addr()
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.shared.metrics
+    }
+
     /// The node's tiers.
     pub fn store(&self) -> &Arc<Tiered> {
         &self.store
@@ -273,6 +320,8 @@ impl RunningNode {
             tracing::info!(flushed, "flushed pending writes");
         }
         self.membership.stop(None);
+        self.admin.shutdown().await;
+        self.shared.metrics.shutdown();
         self.cluster.shutdown().await;
         self.endpoint.close(0u32.into(), b"shutdown");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.endpoint.wait_idle()).await;
@@ -391,10 +440,17 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
                 return refuse(send, recv, 0, StreamError::Protocol(late), &shared).await;
             }
         };
-    let kind = frame.request.kind();
+    let started = std::time::Instant::now();
+    let (request, trace) = frame.request.untraced();
+    let kind = request.kind();
+    let replica_read = metrics::is_replica_read(&request);
+    let span = crate::telemetry::request_span(kind, shared.service.node_id(), trace.as_ref());
     let (response, bodies) = match tokio::time::timeout(
         shared.request_timeout,
-        shared.service.handle(frame.epoch, frame.request, bodies),
+        shared
+            .service
+            .handle(frame.epoch, request, bodies)
+            .instrument(span),
     )
     .await
     {
@@ -407,6 +463,9 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
             Vec::new(),
         ),
     };
+    shared
+        .metrics
+        .record(kind, replica_read, &response, started.elapsed());
     let response = ResponseFrame {
         id: frame.id,
         response,
@@ -523,6 +582,7 @@ async fn start_cluster(
         },
         admin: config.advertised_admin(),
         state: MemberState::Joining,
+        client_addr: config.cluster.advertise_client.clone(),
     };
     let quic = tls::client_config(&config.tls).context("loading the node's client certificate")?;
     let mut base = strata_client::ClientConfig::new(me.addr.clone(), &config.data_dir);

@@ -23,6 +23,7 @@ use strata_store::{Clock, Pattern, Tier, Tiered};
 use crate::actors::{Writers, store_error};
 use crate::cluster::Cluster;
 use crate::cluster::handoff::Session;
+use crate::flight::{Claim, Flights};
 use crate::tombstones::Tombstones;
 use crate::writeback::Pending;
 
@@ -61,6 +62,8 @@ pub struct Service {
     /// Held while a key's version is checked and its new value or tombstone is stored, so
     /// that "apply only if newer" is atomic.
     key_locks: Vec<tokio::sync::Mutex<()>>,
+    /// Compute leases of `get_or_compute` (single flight) on the keys this node owns.
+    flights: Flights,
 }
 
 /// A response and the bodies that follow its frame.
@@ -94,6 +97,7 @@ impl Service {
             key_locks: (0..KEY_LOCKS)
                 .map(|_| tokio::sync::Mutex::new(()))
                 .collect(),
+            flights: Flights::new(),
         }
     }
 
@@ -111,6 +115,11 @@ impl Service {
     /// The node's tombstones.
     pub fn tombstones(&self) -> &Tombstones {
         &self.tombstones
+    }
+
+    /// This node's id.
+    pub fn node_id(&self) -> u64 {
+        self.node.0
     }
 
     /// Answers one request, routed by the client at ring `epoch`. `bodies` are the streamed
@@ -260,6 +269,8 @@ impl Service {
                 let value = self.take_value(value, &mut bodies)?;
                 let entry = self.write(key.clone(), value, ttl_ms).await?;
                 self.replicate(&key, &entry).await?;
+                // A computed value arrived (or any value): its waiters read it now.
+                self.flights.finish(&key);
                 (Response::Stored, Vec::new())
             }
             Request::Delete { namespace, key } => {
@@ -366,7 +377,13 @@ impl Service {
                 let results = futures::future::join_all(writes.into_iter().map(|w| async move {
                     match w {
                         Some((key, value)) => match self.write(key.clone(), value, ttl_ms).await {
-                            Ok(entry) => self.replicate(&key, &entry).await.err(),
+                            Ok(entry) => {
+                                let failed = self.replicate(&key, &entry).await.err();
+                                if failed.is_none() {
+                                    self.flights.finish(&key);
+                                }
+                                failed
+                            }
                             Err(e) => Some(e),
                         },
                         None => None,
@@ -430,13 +447,119 @@ impl Service {
                     .await?
             }
             Request::Lease { node } => (self.cluster.grant_lease(node)?, Vec::new()),
+            Request::Compute {
+                namespace,
+                key,
+                lease_ms,
+                wait_ms,
+            } => {
+                let key = entry_key(&namespace, &key)?;
+                self.compute(key, lease_ms, wait_ms).await?
+            }
+            Request::ComputeRenew {
+                namespace,
+                key,
+                token,
+                lease_ms,
+            } => {
+                let key = entry_key(&namespace, &key)?;
+                let lease = Flights::lease_length(lease_ms);
+                let renewed = self
+                    .flights
+                    .renew(&key, token, lease, tokio::time::Instant::now());
+                (Response::ComputeRenewed(renewed), Vec::new())
+            }
+            Request::ComputeRelease {
+                namespace,
+                key,
+                token,
+            } => {
+                let key = entry_key(&namespace, &key)?;
+                let released = self.flights.release(&key, token);
+                (Response::ComputeReleased(released), Vec::new())
+            }
             Request::ReplicaRead(_) => {
                 return Err(WireError::new(
                     ErrorCode::Malformed,
                     "a replica read cannot be nested",
                 ));
             }
+            // The server takes the trace context off before the service sees a request.
+            Request::Traced { .. } => {
+                return Err(WireError::new(
+                    ErrorCode::Malformed,
+                    "a traced request cannot be nested",
+                ));
+            }
         })
+    }
+
+    /// Answers a `Compute` (see [`crate::flight`]): the live value, a lease for this caller,
+    /// or — after waiting up to `wait_ms` for the holder of the lease — "still computing".
+    async fn compute(&self, key: EntryKey, lease_ms: u64, wait_ms: u64) -> Outcome<Answer> {
+        use tokio::time::Instant;
+        let lease = Flights::lease_length(lease_ms);
+        let deadline = Instant::now() + Duration::from_millis(wait_ms).min(crate::flight::MAX_WAIT);
+        // Each round ends with a value, a grant, or a wait that ends at the lease's end or the
+        // deadline; a round after the deadline answers at once.
+        let mut waited = false;
+        loop {
+            if let Some(answer) = self.compute_value(&key, waited).await? {
+                return Ok(answer);
+            }
+            // Ownership may have moved while this request waited: the new owner decides.
+            if self.cluster.is_clustered()
+                && let Err(ring) = self.cluster.route(key.namespace.as_str(), key.key.as_str())
+            {
+                let mut ring = ring.as_ref().clone();
+                ring.leader = self.cluster.ring_with_leader().leader;
+                return Ok((Response::Redirect(Box::new(ring)), Vec::new()));
+            }
+            let now = Instant::now();
+            match self.flights.claim(&key, lease, now) {
+                Claim::Granted(token) => {
+                    // A value stored between the read above and the claim ended the lease
+                    // before this one was granted: serve it instead of computing it again.
+                    if let Some(answer) = self.compute_value(&key, waited).await? {
+                        self.flights.release(&key, token);
+                        return Ok(answer);
+                    }
+                    let lease_ms = u64::try_from(lease.as_millis()).unwrap_or(u64::MAX);
+                    return Ok((Response::ComputeLease { token, lease_ms }, Vec::new()));
+                }
+                Claim::Held { expires, mut ended } => {
+                    if now >= deadline {
+                        let left = expires.saturating_duration_since(now).as_millis();
+                        let lease_left_ms = u64::try_from(left).unwrap_or(u64::MAX);
+                        return Ok((Response::ComputePending { lease_left_ms }, Vec::new()));
+                    }
+                    // Woken when the lease ends; at its expiry a round takes it over.
+                    let _ = tokio::time::timeout_at(expires.min(deadline), ended.changed()).await;
+                    waited = true;
+                }
+            }
+        }
+    }
+
+    /// The `Compute` answer for a live value of `key`, if it has one (`waited`: it arrived
+    /// while the request waited for a lease holder).
+    async fn compute_value(&self, key: &EntryKey, waited: bool) -> Outcome<Option<Answer>> {
+        let now = self.clock.now();
+        let Some(entry) = self.get(key.clone()).await? else {
+            return Ok(None);
+        };
+        if entry.is_expired(now) {
+            return Ok(None);
+        }
+        let mut out = Vec::new();
+        let mut budget = self.limits.answer_inline_budget;
+        let entry = self.wire_entry(entry, &mut out, &mut budget);
+        let response = if waited {
+            Response::ComputeWaited(entry)
+        } else {
+            Response::Entry(Some(entry))
+        };
+        Ok(Some((response, out)))
     }
 
     fn check_batch(&self, n: usize) -> Outcome<()> {
@@ -577,14 +700,14 @@ impl Service {
             let cluster = Arc::clone(&self.cluster);
             let request = request.clone();
             let bodies = bodies.clone();
-            let call = tokio::spawn(async move {
+            let call = tokio::spawn(tracing::Instrument::in_current_span(async move {
                 cluster
                     .peers()
                     .call(&addr, cluster.epoch(), request, &bodies, REPLICA_TIMEOUT)
                     .await
                     .map(|_| ())
                     .map_err(|e| replica_error(id, &e))
-            });
+            }));
             pending.push(async move {
                 let outcome = call.await.unwrap_or_else(|e| {
                     Err(WireError::new(
@@ -814,21 +937,23 @@ impl Service {
         Ok(removed)
     }
 
-    /// Applies one entry of a partition transfer (skipping keys deleted meanwhile).
-    pub async fn apply_transferred(
+    /// Rebuilds one entry of a partition transfer from its wire form (taking a streamed
+    /// body from `bodies`, in order); none if it has expired. Apply it with
+    /// [`Service::apply_replica`], which skips keys deleted meanwhile and older versions.
+    pub fn take_transferred(
         &self,
         namespace: &str,
         key: &str,
         entry: WireEntry,
         bodies: &mut impl Iterator<Item = Bytes>,
-    ) -> Outcome<bool> {
+    ) -> Outcome<Option<(EntryKey, Entry)>> {
         let key = entry_key(namespace, key)?;
         let entry = self.take_entry(entry.meta, entry.body, bodies)?;
         // A key deleted meanwhile is refused by its tombstone in `apply_replica`.
         if entry.is_expired(self.clock.now()) {
-            return Ok(false);
+            return Ok(None);
         }
-        self.apply_replica(key, entry).await
+        Ok(Some((key, entry)))
     }
 
     /// Every key held here (memory, disk and pending writes) in the given partitions, sorted.
@@ -1211,11 +1336,22 @@ impl Service {
     /// Node identity and the reference's statistics shape, as JSON.
     pub fn stats_json(&self) -> String {
         let stats = self.store.tiered_stats();
+        let me = self.cluster.me();
         serde_json::json!({
             "node": {
                 "id": self.node.0,
+                "addr": me.addr,
+                "admin": me.admin,
                 "protocol": wire::PROTOCOL_VERSION,
                 "uptime_secs": self.started.elapsed().as_secs(),
+            },
+            "cluster": {
+                "clustered": self.cluster.is_clustered(),
+                "epoch": self.cluster.epoch(),
+                "state": self.cluster.member_state().map(|s| s.as_str()),
+                "ready": self.cluster.readiness().is_ok(),
+                "raft": self.cluster.raft_status(),
+                "partitions": self.cluster.partition_counts(),
             },
             "manager": stats.manager,
             "tiers": stats.tiers,

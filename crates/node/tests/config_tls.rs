@@ -54,6 +54,37 @@ fn documented_file_equals_defaults() {
     assert_eq!(loaded.store.tiers.len(), 2);
 }
 
+/// The configuration of the container image (`cluster/node.toml`, its
+/// `/etc/strata/node.toml`): only the addresses, data directory and certificate paths differ
+/// from the defaults, and it passes validation.
+#[test]
+fn container_config_changes_only_addresses_and_paths() {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../cluster/node.toml");
+    let base = Path::new("/var/lib/strata");
+    let loaded = from_file(&file, base).unwrap();
+    loaded.validate().unwrap();
+    assert_eq!(loaded.listen, "0.0.0.0:7400".parse::<SocketAddr>().unwrap());
+    assert_eq!(loaded.admin, "0.0.0.0:7401".parse::<SocketAddr>().unwrap());
+    assert_eq!(loaded.data_dir, Path::new("/var/lib/strata/data"));
+    assert_eq!(loaded.tls.key, Path::new("/var/lib/strata/certs/node.key"));
+    let mut expected = resolved_defaults(base);
+    expected.listen = loaded.listen;
+    expected.admin = loaded.admin;
+    expected.data_dir = loaded.data_dir.clone();
+    expected.tls = loaded.tls.clone();
+    assert_eq!(loaded, expected);
+    // Without an advertised address a node on 0.0.0.0 refuses to start: compose passes one.
+    assert!(loaded.advertised_addr(loaded.listen).is_err());
+    let mut advertised = loaded;
+    advertised.cluster.advertise = Some("strata-1:7400".into());
+    advertised.cluster.advertise_client = Some("127.0.0.1:7410".into());
+    advertised.validate().unwrap();
+    assert_eq!(
+        advertised.advertised_addr(advertised.listen).unwrap(),
+        "strata-1:7400"
+    );
+}
+
 #[test]
 fn no_file_means_defaults() {
     let base = Path::new("/srv/strata");

@@ -56,6 +56,7 @@ fn member(id: u64) -> Member {
         addr: format!("127.0.0.1:{}", 7000 + id),
         admin: format!("127.0.0.1:{}", 8000 + id),
         state: MemberState::Active,
+        client_addr: None,
     }
 }
 

@@ -13,7 +13,10 @@ use strata_proto::{Key, Namespace, Value};
 
 async fn node(dir: &std::path::Path) -> RunningNode {
     let certs = strata_node::certs::init(&dir.join("certs"), &[], false).unwrap();
-    let mut config = Config::default();
+    let mut config = Config {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     config.apply_overrides(
         Some("127.0.0.1:0".parse().unwrap()),
         Some(dir.join("data")),
@@ -75,7 +78,10 @@ async fn serves_a_client_and_shuts_down_cleanly() {
 async fn write_back_never_serves_older_values_and_flushes_on_shutdown() {
     let dir = tempfile::tempdir().unwrap();
     let certs = strata_node::certs::init(&dir.path().join("certs"), &[], false).unwrap();
-    let mut config = Config::default();
+    let mut config = Config {
+        admin: "127.0.0.1:0".parse().unwrap(),
+        ..Config::default()
+    };
     config.apply_overrides(
         Some("127.0.0.1:0".parse().unwrap()),
         Some(dir.path().join("data")),

@@ -142,6 +142,11 @@ pub struct Member {
     pub admin: String,
     /// Its state.
     pub state: MemberState,
+    /// `HOST:PORT` that clients *outside* the members' network dial instead of `addr`, when
+    /// the two differ (a container's port published on the host, a NAT). `None` when clients
+    /// reach the member at `addr`. Peers always dial `addr`; a client dials these addresses
+    /// only when it reached the cluster through one of them (see `strata-client`'s routing).
+    pub client_addr: Option<String>,
 }
 
 /// A [`Hasher`] whose output is the same in every process, version and platform: xxh3-64
@@ -1105,6 +1110,7 @@ mod standalone_tests {
             addr: "127.0.0.1:7400".into(),
             admin: "127.0.0.1:7401".into(),
             state: MemberState::Active,
+            client_addr: None,
         };
         let ring = Ring::standalone(me, RingParams::default());
         for p in 0..ring.params.partitions {

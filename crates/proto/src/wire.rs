@@ -359,6 +359,77 @@ pub enum Request {
     /// stale (every acknowledged write is on every replica, and it holds a valid lease at
     /// the current epoch); otherwise it answers with an error or a redirect.
     ReplicaRead(Box<Request>),
+    /// Get-or-compute with cluster-wide single flight, sent to the key's owner: the live
+    /// value if there is one ([`Response::Entry`], or [`Response::ComputeWaited`] if it
+    /// arrived while the request waited); otherwise a compute lease for this caller
+    /// if nobody holds one ([`Response::ComputeLease`]); otherwise the node waits up to
+    /// `wait_ms` for the holder's value (or for its lease to end, and then grants the lease to
+    /// this caller) and answers [`Response::ComputePending`] if neither happened. A `Set` of
+    /// the key ends the lease and wakes the waiters. See the node's `flight` module.
+    Compute {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// How long a lease granted to this caller lasts unless renewed (the node clamps it
+        /// to its bounds).
+        lease_ms: u64,
+        /// How long to wait for another caller's computation before answering
+        /// [`Response::ComputePending`] (the node caps it).
+        wait_ms: u64,
+    },
+    /// Extends a compute lease; answered [`Response::ComputeRenewed`].
+    ComputeRenew {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The lease's token, from [`Response::ComputeLease`].
+        token: u64,
+        /// The new lease length from now (clamped like [`Request::Compute`]'s).
+        lease_ms: u64,
+    },
+    /// Gives a compute lease up (the computation failed), so that one waiter takes over at
+    /// once; answered [`Response::ComputeReleased`].
+    ComputeRelease {
+        /// Namespace.
+        namespace: String,
+        /// Key.
+        key: String,
+        /// The lease's token.
+        token: u64,
+    },
+    /// A request sent from inside a traced operation: the receiver handles `request` as a
+    /// child of the caller's span. Only sent when the caller records traces, so untraced
+    /// requests cost nothing extra on the wire.
+    Traced {
+        /// The caller's span.
+        trace: TraceContext,
+        /// The request itself (never another `Traced`).
+        request: Box<Request>,
+    },
+}
+
+/// W3C trace context of the span a request was sent from (the `traceparent` header's
+/// fields), so the receiver's spans join the caller's trace.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TraceContext {
+    /// The trace id (all zero is invalid).
+    pub trace_id: [u8; 16],
+    /// The caller's span id (all zero is invalid).
+    pub span_id: [u8; 8],
+    /// Trace flags; bit 0: sampled.
+    pub flags: u8,
+}
+
+impl Request {
+    /// Splits off the trace context of a [`Request::Traced`]; other requests carry none.
+    pub fn untraced(self) -> (Request, Option<TraceContext>) {
+        match self {
+            Request::Traced { trace, request } => (*request, Some(trace)),
+            other => (other, None),
+        }
+    }
 }
 
 /// The Raft RPCs carried by [`Request::Raft`].
@@ -397,6 +468,10 @@ impl Request {
             Request::ScanPartitions { .. } => "scan_partitions",
             Request::Lease { .. } => "lease",
             Request::ReplicaRead(inner) => inner.kind(),
+            Request::Compute { .. } => "compute",
+            Request::ComputeRenew { .. } => "compute_renew",
+            Request::ComputeRelease { .. } => "compute_release",
+            Request::Traced { request, .. } => request.kind(),
         }
     }
 
@@ -408,7 +483,10 @@ impl Request {
             | Request::Set { namespace, key, .. }
             | Request::Delete { namespace, key }
             | Request::Exists { namespace, key }
-            | Request::Metadata { namespace, key } => Some((namespace, key)),
+            | Request::Metadata { namespace, key }
+            | Request::Compute { namespace, key, .. }
+            | Request::ComputeRenew { namespace, key, .. }
+            | Request::ComputeRelease { namespace, key, .. } => Some((namespace, key)),
             _ => None,
         }
     }
@@ -419,6 +497,7 @@ impl Request {
             Request::Set { value, .. } => vec![&value.body],
             Request::SetMany { items, .. } => items.iter().map(|(_, v)| &v.body).collect(),
             Request::Replicate { body, .. } => vec![body],
+            Request::Traced { request, .. } => return request.streamed_lengths(),
             _ => Vec::new(),
         };
         streamed(bodies)
@@ -435,7 +514,8 @@ pub enum Response {
         /// The node's protocol version.
         protocol: u8,
     },
-    /// Answer to [`Request::Get`]; `None` is a miss.
+    /// Answer to [`Request::Get`] (and to [`Request::Compute`] for a cached value); `None` is
+    /// a miss.
     Entry(Option<WireEntry>),
     /// A write succeeded.
     Stored,
@@ -494,6 +574,29 @@ pub enum Response {
     },
     /// The request failed.
     Error(WireError),
+    /// Answer to [`Request::Compute`]: nobody holds a live value or lease; this caller now
+    /// holds the lease and should compute the value and `Set` it (which ends the lease), renew
+    /// the lease while computing, and release it if the computation fails.
+    ComputeLease {
+        /// Names this lease in renewals and releases.
+        token: u64,
+        /// How long the lease lasts unless renewed, as granted (after clamping).
+        lease_ms: u64,
+    },
+    /// Answer to [`Request::Compute`]: another caller still computes under a live lease; ask
+    /// again.
+    ComputePending {
+        /// How long that lease lasts unless renewed.
+        lease_left_ms: u64,
+    },
+    /// Answer to [`Request::ComputeRenew`]: whether the lease was still held by this token
+    /// (false: it expired or was taken over; the value may still be `Set`).
+    ComputeRenewed(bool),
+    /// Answer to [`Request::ComputeRelease`]: whether the lease was still held by this token.
+    ComputeReleased(bool),
+    /// Answer to [`Request::Compute`]: the value another caller computed and stored while this
+    /// request waited for it (a value that was already there is [`Response::Entry`]).
+    ComputeWaited(WireEntry),
 }
 
 fn streamed(bodies: Vec<&Body>) -> Vec<u64> {
@@ -528,13 +631,18 @@ impl Response {
             Response::Scanned { .. } => "Scanned",
             Response::Lease { .. } => "Lease",
             Response::Error(_) => "Error",
+            Response::ComputeLease { .. } => "ComputeLease",
+            Response::ComputePending { .. } => "ComputePending",
+            Response::ComputeRenewed(_) => "ComputeRenewed",
+            Response::ComputeReleased(_) => "ComputeReleased",
+            Response::ComputeWaited(_) => "ComputeWaited",
         }
     }
 
     /// The bodies that follow this response's frame, in order.
     pub fn streamed_lengths(&self) -> Vec<u64> {
         let bodies: Vec<&Body> = match self {
-            Response::Entry(Some(e)) => vec![&e.body],
+            Response::Entry(Some(e)) | Response::ComputeWaited(e) => vec![&e.body],
             Response::Entries(es) => es.iter().flatten().map(|e| &e.body).collect(),
             Response::Scanned { entries, .. } => entries.iter().map(|(_, _, e)| &e.body).collect(),
             _ => Vec::new(),
@@ -714,6 +822,41 @@ mod tests {
     }
 
     #[test]
+    fn traced_requests_keep_their_inner_request() {
+        let inner = Request::Replicate {
+            namespace: "default".into(),
+            key: "k".into(),
+            meta: crate::entry::Entry::new(
+                Value::from(b"v".to_vec()),
+                crate::meta::Timestamp(1),
+                None,
+                Version::ZERO,
+            )
+            .meta,
+            body: Body::Streamed(7),
+        };
+        let trace = TraceContext {
+            trace_id: [1; 16],
+            span_id: [2; 8],
+            flags: 1,
+        };
+        let traced = Request::Traced {
+            trace,
+            request: Box::new(inner.clone()),
+        };
+        assert_eq!(traced.kind(), "replicate");
+        assert_eq!(traced.streamed_lengths(), vec![7]);
+        let frame = encode_frame(&RequestFrame {
+            id: 3,
+            epoch: 1,
+            request: traced,
+        });
+        let back: RequestFrame = decode_body(&frame[HEADER_LEN..]).unwrap();
+        assert_eq!(back.request.untraced(), (inner.clone(), Some(trace)));
+        assert_eq!(inner.clone().untraced(), (inner, None));
+    }
+
+    #[test]
     fn streamed_lengths_follow_frame_order() {
         let items = vec![
             (
@@ -770,5 +913,59 @@ mod entry_tests {
         let bytes = encode_frame(&frame);
         let back: ResponseFrame = decode_body(&bytes[HEADER_LEN..]).unwrap();
         assert_eq!(back, frame);
+    }
+}
+
+#[cfg(test)]
+mod flight_tests {
+    use super::*;
+    use crate::meta::{EntryMeta, Timestamp};
+    use crate::version::Version;
+
+    #[test]
+    fn compute_requests_route_by_their_key_and_round_trip() {
+        let requests = [
+            Request::Compute {
+                namespace: "default".into(),
+                key: "video:1".into(),
+                lease_ms: 5000,
+                wait_ms: 2000,
+            },
+            Request::ComputeRenew {
+                namespace: "default".into(),
+                key: "video:1".into(),
+                token: 7,
+                lease_ms: 5000,
+            },
+            Request::ComputeRelease {
+                namespace: "default".into(),
+                key: "video:1".into(),
+                token: 7,
+            },
+        ];
+        for request in requests {
+            assert_eq!(request.single_key(), Some(("default", "video:1")));
+            let frame = RequestFrame {
+                id: 3,
+                epoch: 9,
+                request,
+            };
+            let bytes = encode_frame(&frame);
+            let back: RequestFrame = decode_body(&bytes[HEADER_LEN..]).unwrap();
+            assert_eq!(back, frame);
+        }
+    }
+
+    #[test]
+    fn a_waited_for_value_streams_like_an_entry() {
+        let value = Value::from(vec![7u8; 64]);
+        let entry = crate::entry::Entry::new(value, Timestamp(1), None, Version::ZERO);
+        let meta: EntryMeta = entry.meta;
+        let response = Response::ComputeWaited(WireEntry {
+            meta,
+            body: Body::Streamed(64),
+        });
+        assert_eq!(response.streamed_lengths(), vec![64]);
+        assert_eq!(response.kind(), "ComputeWaited");
     }
 }

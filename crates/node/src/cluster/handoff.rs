@@ -35,6 +35,7 @@ use std::hash::{Hash, Hasher};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use futures::{StreamExt, TryStreamExt};
 use parking_lot::Mutex;
 use strata_proto::ring::PartitionId;
 use strata_proto::wire::{Request, Response};
@@ -46,6 +47,8 @@ use crate::service::Service;
 
 /// Timeout of one page of a transfer.
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Entries of one page applied at once.
+const APPLY_CONCURRENCY: usize = 16;
 /// How long a transfer waits for its own report to be applied locally.
 const REPORT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
@@ -212,19 +215,28 @@ pub async fn pull(
     };
     let started = Instant::now();
     let mut moved = Moved::default();
-    let mut after = None;
-    loop {
-        let request = Request::ScanPartitions {
-            receiver: me,
-            partitions: partitions.clone(),
-            after: after.take(),
-            limit: config.transfer_page_entries,
-        };
-        let (response, bodies) = cluster
-            .peers()
-            // The epoch of this node's state: the source must have applied it too.
-            .call(&source.1, cluster.state().epoch, request, &[], PAGE_TIMEOUT)
-            .await?;
+    // The next page is fetched while this one is applied.
+    let fetch = |after: Option<(String, String)>| {
+        let (cluster, addr, partitions) =
+            (Arc::clone(&cluster), source.1.clone(), partitions.clone());
+        let limit = config.transfer_page_entries;
+        tokio::spawn(async move {
+            let request = Request::ScanPartitions {
+                receiver: me,
+                partitions,
+                after,
+                limit,
+            };
+            cluster
+                .peers()
+                // The epoch of this node's state: the source must have applied it too.
+                .call(&addr, cluster.state().epoch, request, &[], PAGE_TIMEOUT)
+                .await
+        })
+    };
+    let mut page = Some(fetch(None));
+    while let Some(fetching) = page.take() {
+        let (response, bodies) = fetching.await??;
         let Response::Scanned {
             entries,
             next,
@@ -237,27 +249,28 @@ pub async fn pull(
                 response.kind()
             );
         };
+        page = next.map(|next| fetch(Some(next)));
         // Deletes first: older copies held here, or arriving in this page, lose to them.
         service.apply_tombstones(tombstones).await?;
         let mut bodies = bodies.into_iter();
+        let mut items = Vec::with_capacity(entries.len());
         for (namespace, key, entry) in entries {
             moved.bytes += entry.body.len();
-            if service
-                .apply_transferred(&namespace, &key, entry, &mut bodies)
-                .await?
-            {
-                moved.entries += 1;
-            }
+            items.extend(service.take_transferred(&namespace, &key, entry, &mut bodies)?);
         }
+        // Keys are independent (each is checked and stored under its own lock): applied
+        // several at a time, so that the disk lookups of one overlap the others.
+        let applied: Vec<bool> = futures::stream::iter(items)
+            .map(|(key, entry)| service.apply_replica(key, entry))
+            .buffer_unordered(APPLY_CONCURRENCY)
+            .try_collect()
+            .await?;
+        moved.entries += applied.iter().filter(|&&a| a).count() as u64;
         // Throttle: never faster than the configured bandwidth on average.
         let due =
             Duration::from_secs_f64(moved.bytes as f64 / config.transfer_bytes_per_sec as f64);
         if let Some(wait) = due.checked_sub(started.elapsed()) {
             tokio::time::sleep(wait).await;
-        }
-        match next {
-            Some(n) => after = Some(n),
-            None => break,
         }
     }
     // Held until the report is applied: no drop slips in between the check and the report.

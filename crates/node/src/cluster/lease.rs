@@ -81,6 +81,10 @@ pub struct Leases {
     leading: Mutex<Option<(u64, Instant)>>,
     /// Members marked down by this leader, to avoid proposing twice.
     proposed_down: Mutex<HashMap<NodeId, Instant>>,
+    /// Times the lease ran out before it was renewed (for metrics), and whether it was
+    /// valid at the last heartbeat.
+    lapses: AtomicU64,
+    was_valid: AtomicBool,
 }
 
 impl Leases {
@@ -97,6 +101,25 @@ impl Leases {
             contacts: Mutex::new(HashMap::new()),
             leading: Mutex::new(None),
             proposed_down: Mutex::new(HashMap::new()),
+            lapses: AtomicU64::new(0),
+            was_valid: AtomicBool::new(false),
+        }
+    }
+
+    /// Times this node's lease ran out before it was renewed.
+    pub fn lapses(&self) -> u64 {
+        self.lapses.load(Ordering::Relaxed)
+    }
+
+    /// Notes whether the lease is valid now, counting a lapse when it was valid before.
+    fn note_validity(&self) {
+        let valid = self
+            .until
+            .lock()
+            .is_some_and(|until| Instant::now() < until);
+        if self.was_valid.swap(valid, Ordering::Relaxed) && !valid {
+            self.lapses.fetch_add(1, Ordering::Relaxed);
+            tracing::info!("ownership lease lapsed");
         }
     }
 
@@ -239,6 +262,7 @@ pub async fn run(cluster: Arc<Cluster>) {
             _ = left.cancelled() => return,
             _ = tick.tick() => {}
         }
+        cluster.leases.note_validity();
         let metrics = raft.metrics().borrow().clone();
         let me = cluster.id();
         if metrics.state == ServerState::Leader && metrics.current_leader == Some(me.0) {

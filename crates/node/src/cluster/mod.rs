@@ -10,6 +10,8 @@
 //! - [`membership`]: the membership actor, which watches the state machine: it refreshes
 //!   the ring, starts partition transfers, and — on the leader — keeps Raft's voters and
 //!   learners in line with the members.
+//! - [`status`]: what the node reports about its place in the cluster: Raft term and
+//!   leader, partitions by role, readiness (for `/ready`, `/stats` and the metrics).
 //! - [`handoff`]: partition transfers, both sides, and the writes forwarded to a partition's
 //!   incoming holders while it moves.
 //!
@@ -25,6 +27,7 @@ pub mod lease;
 pub mod membership;
 pub mod network;
 pub mod peers;
+pub mod status;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

@@ -65,10 +65,26 @@ impl Peers {
     }
 
     /// The link to the peer at `addr` (`HOST:PORT`) for `plane`, made on first use.
+    ///
+    /// A link without a live connection to a peer known by name is checked against a fresh
+    /// resolution of the name and made again if the name now points elsewhere: a container
+    /// restarted by Docker comes back at another IP address under the same service name.
     async fn link(&self, addr: &str, plane: Plane) -> Result<Arc<NodeConnection>, PeerError> {
         let id = (addr.to_owned(), plane);
-        if let Some(link) = self.links.lock().get(&id) {
-            return Ok(Arc::clone(link));
+        let cached = self.links.lock().get(&id).map(Arc::clone);
+        if let Some(link) = cached {
+            let by_name = addr.parse::<std::net::SocketAddr>().is_err();
+            if link.is_connected() || !by_name {
+                return Ok(link);
+            }
+            match connection::resolve(addr).await {
+                Ok(remote) if remote != link.remote() => {
+                    tracing::info!(peer = addr, from = %link.remote(), to = %remote, "peer moved");
+                    link.close();
+                    self.links.lock().remove(&id);
+                }
+                _ => return Ok(link),
+            }
         }
         let remote = connection::resolve(addr).await?;
         let mut config = self.base.clone();

@@ -36,7 +36,7 @@ type Entry = openraft::Entry<TypeConfig>;
 
 const LOG_FILE: &str = "log.bin";
 const META_FILE: &str = "log-meta.bin";
-const LOG_MAGIC: &[u8; file::MAGIC_LEN] = b"STRLOG01";
+const LOG_MAGIC: &[u8; file::MAGIC_LEN] = b"STRLOG02";
 const META_MAGIC: &[u8; file::MAGIC_LEN] = b"STRLMT01";
 
 /// What `log-meta.bin` holds.

@@ -19,16 +19,16 @@
 //! framed as `len: u32 LE | crc32c(len bytes ‖ payload): u32 LE | payload`, payloads are
 //! postcard.
 //!
-//! - `log.bin` (magic `STRLOG01`): one frame per log entry (`openraft::Entry<TypeConfig>`),
+//! - `log.bin` (magic `STRLOG02`): one frame per log entry (`openraft::Entry<TypeConfig>`),
 //!   strictly increasing indexes, appended and fsynced before the append is acknowledged.
 //!   Truncation cuts the file at the first removed record (set_len + fsync). Purged entries
 //!   are skipped on reading and dropped by rewriting the file (temp + fsync + rename + fsync
 //!   directory) once they are at least as many as the live ones.
 //! - `log-meta.bin` (`STRLMT01`): vote, committed log id, last purged log id; replaced
 //!   atomically (temp + fsync + rename + fsync directory) by every change.
-//! - `sm-state.bin` (`STRSMS01`): last applied log id, last membership and the
+//! - `sm-state.bin` (`STRSMS02`): last applied log id, last membership and the
 //!   [`ClusterState`]; replaced atomically after every applied batch.
-//! - `sm-snapshot.bin` (`STRSNP01`): the current snapshot (its `SnapshotMeta` and data, the
+//! - `sm-snapshot.bin` (`STRSNP02`): the current snapshot (its `SnapshotMeta` and data, the
 //!   data being the postcard of the same triple as `sm-state.bin`); replaced atomically.
 //!
 //! Recovery: a damaged frame at the end of `log.bin` (a torn append that was never

@@ -333,9 +333,11 @@ impl ClusterState {
                 };
                 let changed = existing.addr != member.addr
                     || existing.admin != member.admin
+                    || existing.client_addr != member.client_addr
                     || existing.state != state;
                 existing.addr.clone_from(&member.addr);
                 existing.admin.clone_from(&member.admin);
+                existing.client_addr.clone_from(&member.client_addr);
                 existing.state = state;
                 changed
             }
@@ -463,6 +465,7 @@ mod tests {
             addr: format!("127.0.0.1:{}", 7000 + id),
             admin: format!("127.0.0.1:{}", 8000 + id),
             state: MemberState::Active,
+            client_addr: None,
         }
     }
 
