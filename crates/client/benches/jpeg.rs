@@ -1,8 +1,10 @@
 //! Benchmarks of the artifact cache's JPEG codec ([`strata_client::jpeg`]) on a 1280×720
 //! RGB frame: a smooth gradient with a little noise, which compresses like a video frame.
 //!
-//! - `jpeg/encode_1280x720`: [`jpeg::encode`] at [`jpeg::DEFAULT_QUALITY`] (what
-//!   `set_keyframes` and `set_segment_frames` do with each raw frame).
+//! - `jpeg/encode_1280x720`: [`jpeg::encode`] at [`jpeg::DEFAULT_QUALITY`] and
+//!   [`jpeg::DEFAULT_SUBSAMPLING`] (what `set_keyframes` and `set_segment_frames` do with each
+//!   raw frame).
+//! - `jpeg/encode_444_1280x720`: the same without chroma subsampling (4:4:4).
 //! - `jpeg/decode_1280x720`: [`jpeg::decode`] of that JPEG back to an RGB array (what
 //!   `get_keyframes` and `get_segment_frames` do with each stored frame).
 //! - `jpeg/validate_1280x720`: [`jpeg::validate`], the header check a given JPEG gets.
@@ -49,6 +51,15 @@ fn bench_jpeg(c: &mut Criterion) {
     group.throughput(Throughput::Elements(1));
     group.bench_function("encode_1280x720", |b| {
         b.iter(|| jpeg::encode(black_box(frame.view()), jpeg::DEFAULT_QUALITY))
+    });
+    group.bench_function("encode_444_1280x720", |b| {
+        b.iter(|| {
+            jpeg::encode_with(
+                black_box(frame.view()),
+                jpeg::DEFAULT_QUALITY,
+                jpeg::Subsampling::Yuv444,
+            )
+        })
     });
     group.bench_function("decode_1280x720", |b| {
         b.iter(|| jpeg::decode(black_box(encoded.data())))
