@@ -741,23 +741,8 @@ impl Cluster {
     pub async fn wait_serving(&self, within: Duration) -> Result<()> {
         let deadline = Instant::now() + within;
         for node in &self.nodes {
-            loop {
-                let config = self.probe_config(node);
-                let answer = tokio::time::timeout(ADMIN_REQUEST_TIMEOUT * 2, async {
-                    let client = Client::connect(config).await?;
-                    let pong = client.ping().await;
-                    client.close().await;
-                    pong
-                })
-                .await;
-                match answer {
-                    Ok(Ok(_)) => break,
-                    _ if Instant::now() >= deadline => {
-                        bail!("node {} does not answer pings", node.id)
-                    }
-                    _ => tokio::time::sleep(POLL).await,
-                }
-            }
+            self.wait_answers(node, deadline.saturating_duration_since(Instant::now()))
+                .await?;
         }
         Ok(())
     }
