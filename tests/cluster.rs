@@ -323,6 +323,30 @@ async fn killing_the_raft_leader_elects_another_and_membership_changes_work_agai
     }
     let old = ring.leader.unwrap();
     let index = (old.0 - 1) as usize;
+    // Three voters in every member's log first: while the last member's promotion commits,
+    // the group has two, and losing one of them leaves no majority (docs/cluster.md, "Known
+    // limits").
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let voters: Vec<usize> = nodes
+            .iter()
+            .map(|node| {
+                let (_, stats) = node.admin_get("/stats").unwrap();
+                let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+                stats["cluster"]["raft"]["voters"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            })
+            .collect();
+        if voters.iter().all(|&v| v == 3) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never had three voters everywhere: {voters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     nodes.remove(index).kill();
     let survivor = addrs[(index + 1) % 3];
     let through = client(&cluster, survivor).await;

@@ -15,7 +15,7 @@ use strata_proto::ring::MemberState;
 use super::Cluster;
 
 /// The node's Raft status.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct RaftStatus {
     /// Current term.
     pub term: u64,
@@ -23,6 +23,9 @@ pub struct RaftStatus {
     pub leader: Option<u64>,
     /// Index of the last applied log entry.
     pub applied: u64,
+    /// The voting members of the Raft group in the configuration in effect (both halves of a
+    /// joint configuration while a change is under way).
+    pub voters: Vec<u64>,
 }
 
 /// How many partitions the node has in each role.
@@ -47,6 +50,7 @@ impl Cluster {
             term: metrics.current_term,
             leader: metrics.current_leader,
             applied: metrics.last_applied.map_or(0, |l| l.index),
+            voters: metrics.membership_config.membership().voter_ids().collect(),
         })
     }
 
