@@ -257,6 +257,9 @@ pub async fn run(cluster: Arc<Cluster>) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let left = cluster.left();
     let mut last_rejoin: Option<Instant> = None;
+    // The rejoin runs beside the loop: waiting for its epoch must not stop the renewals, or
+    // the leader, hearing nothing, marks the restarted node down again.
+    let mut rejoining: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         tokio::select! {
             _ = left.cancelled() => return,
@@ -273,7 +276,12 @@ pub async fn run(cluster: Arc<Cluster>) {
             let (cluster, leader) = (Arc::clone(&cluster), metrics.current_leader);
             tokio::spawn(async move { renew(&cluster, leader).await });
         }
-        rejoin_if_needed(&cluster, &mut last_rejoin).await;
+        if rejoining.as_ref().is_none_or(|r| r.is_finished())
+            && let Some(down) = needs_rejoin(&cluster, &mut last_rejoin)
+        {
+            let cluster = Arc::clone(&cluster);
+            rejoining = Some(tokio::spawn(async move { rejoin(&cluster, down).await }));
+        }
     }
 }
 
@@ -383,25 +391,30 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
     }
 }
 
-/// After a restart, or once the leader has marked this node down, asks to be taken back:
-/// the node owns nothing until it has synced its partitions again.
-async fn rejoin_if_needed(cluster: &Cluster, last: &mut Option<Instant>) {
+/// After a restart, or once the leader has marked this node down (and at most once a
+/// second): `Some(down)` when this node must ask to be taken back, see [`rejoin`]. It serves
+/// nothing from here until it is back.
+fn needs_rejoin(cluster: &Cluster, last: &mut Option<Instant>) -> Option<bool> {
     let state = cluster.state();
     let me = cluster.id();
-    let Some(member) = state.members.get(&me) else {
-        return;
-    };
+    let member = state.members.get(&me)?;
     let restarted = !cluster.leases.rejoined.load(Ordering::Acquire);
     let down = member.state == MemberState::Down;
     if !restarted && !down {
-        return;
+        return None;
     }
     if last.is_some_and(|t| t.elapsed() < Duration::from_secs(1)) {
-        return;
+        return None;
     }
     *last = Some(Instant::now());
     // Nothing is served from here on until the command is applied.
     cluster.leases.rejoined.store(false, Ordering::Release);
+    Some(down)
+}
+
+/// Asks to be taken back: the node owns nothing until it has synced its partitions again.
+async fn rejoin(cluster: &Cluster, down: bool) {
+    let me = cluster.id();
     tracing::info!(down, "asking to be taken back into the cluster");
     match cluster.propose(Command::Restarted { node: me }).await {
         Ok(crate::raft::CommandResponse::Applied { epoch, .. }) => {
