@@ -26,9 +26,9 @@
 //!   directory) once they are at least as many as the live ones.
 //! - `log-meta.bin` (`STRLMT01`): vote, committed log id, last purged log id; replaced
 //!   atomically (temp + fsync + rename + fsync directory) by every change.
-//! - `sm-state.bin` (`STRSMS02`): last applied log id, last membership and the
+//! - `sm-state.bin` (`STRSMS03`): last applied log id, last membership and the
 //!   [`ClusterState`]; replaced atomically after every applied batch.
-//! - `sm-snapshot.bin` (`STRSNP02`): the current snapshot (its `SnapshotMeta` and data, the
+//! - `sm-snapshot.bin` (`STRSNP03`): the current snapshot (its `SnapshotMeta` and data, the
 //!   data being the postcard of the same triple as `sm-state.bin`); replaced atomically.
 //!
 //! Recovery: a damaged frame at the end of `log.bin` (a torn append that was never

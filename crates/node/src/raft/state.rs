@@ -52,6 +52,13 @@ pub struct ClusterState {
     /// copied from a holder that may have stopped receiving writes, so its report is void.
     #[serde(default)]
     pub table_changed: BTreeMap<PartitionId, u64>,
+    /// For each member currently `Down` or rejoining after a mark-down: the planned replica
+    /// sets of the partitions it was placed in when it was marked down. While it is away
+    /// others fill in; once it is back, placement starts from these sets again (see
+    /// `replan`), so it takes back the partitions whose data it kept and syncs only what
+    /// changed, instead of being given other partitions and copying them whole.
+    #[serde(default)]
+    pub placed_before_down: BTreeMap<NodeId, Vec<(PartitionId, Vec<NodeId>)>>,
 }
 
 /// A change to the cluster state, proposed through Raft.
@@ -164,6 +171,14 @@ impl ClusterState {
             Command::MarkDown { node, at_ms } => {
                 if self.set_state(*node, MemberState::Down) {
                     self.down_since.insert(*node, *at_ms);
+                    // Kept from an earlier mark-down if it never got back in between.
+                    if !self.placed_before_down.contains_key(node) {
+                        let placed = (0..self.target.len() as PartitionId)
+                            .filter(|&p| self.target.replicas(p).contains(node))
+                            .map(|p| (p, self.target.replicas(p).to_vec()))
+                            .collect();
+                        self.placed_before_down.insert(*node, placed);
+                    }
                     self.step_down(*node);
                     self.replan();
                 }
@@ -188,11 +203,13 @@ impl ClusterState {
         self.settle_partitions();
         self.settle_members();
         let members = &self.members;
-        self.down_since.retain(|id, _| {
+        let away = |id: &NodeId| {
             members
                 .get(id)
                 .is_some_and(|m| matches!(m.state, MemberState::Down | MemberState::Joining))
-        });
+        };
+        self.down_since.retain(|id, _| away(id));
+        self.placed_before_down.retain(|id, _| away(id));
         let changed = self.members != members_before || self.table != table_before;
         if changed {
             self.epoch += 1;
@@ -308,6 +325,7 @@ impl ClusterState {
             write_quorum,
             down_since: BTreeMap::new(),
             table_changed: BTreeMap::new(),
+            placed_before_down: BTreeMap::new(),
         };
         CommandResponse::Applied {
             epoch: self.epoch,
@@ -366,8 +384,23 @@ impl ClusterState {
         self.target = if takers.is_empty() {
             self.table.clone()
         } else {
-            // From the current plan: only what the change requires moves.
-            PartitionTable::rebalance(&self.params, &self.target, &takers)
+            // From the current plan: only what the change requires moves. A member back
+            // from a mark-down starts from the replica sets it was placed in then.
+            let mut previous: Vec<Vec<NodeId>> = (0..self.target.len() as PartitionId)
+                .map(|p| self.target.replicas(p).to_vec())
+                .collect();
+            for (node, placed) in &self.placed_before_down {
+                if !takers.contains(node) {
+                    continue;
+                }
+                for (p, set) in placed {
+                    if let Some(slot) = previous.get_mut(*p as usize) {
+                        slot.clone_from(set);
+                    }
+                }
+            }
+            let previous = PartitionTable::from_replicas(previous);
+            PartitionTable::rebalance(&self.params, &previous, &takers)
         };
     }
 
@@ -947,9 +980,11 @@ mod tests {
         // A down member is kept (it may come back) and holds nothing any more.
         assert_eq!(state_of(&s, 3), Some(MemberState::Down));
         assert!((0..64).all(|p| !s.table.replicas(p).contains(&NodeId(3))));
-        // Coming back: Joining again, then Active after syncing.
+        // Coming back: Joining again, placed where it was before it went down (where its
+        // data is), then Active after syncing.
         s.apply(&Command::AddMember { member: member(3) });
         assert_eq!(state_of(&s, 3), Some(MemberState::Joining));
+        assert_eq!(s.target, before.target);
         sync_all(&mut s, 3);
         assert_eq!(state_of(&s, 3), Some(MemberState::Active));
         assert!(s.is_settled());

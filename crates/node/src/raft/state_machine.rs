@@ -30,8 +30,8 @@ type Meta = SnapshotMeta<u64, PeerNode>;
 
 const STATE_FILE: &str = "sm-state.bin";
 const SNAPSHOT_FILE: &str = "sm-snapshot.bin";
-const STATE_MAGIC: &[u8; file::MAGIC_LEN] = b"STRSMS02";
-const SNAPSHOT_MAGIC: &[u8; file::MAGIC_LEN] = b"STRSNP02";
+const STATE_MAGIC: &[u8; file::MAGIC_LEN] = b"STRSMS03";
+const SNAPSHOT_MAGIC: &[u8; file::MAGIC_LEN] = b"STRSNP03";
 
 /// Everything the state machine holds; also the content of a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
