@@ -36,13 +36,14 @@ use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use crate::cluster::{Target, block_on};
 
 /// Request kinds that are cluster chatter, not client load.
-const INTERNAL_OPS: [&str; 11] = [
+const INTERNAL_OPS: [&str; 12] = [
     "raft",
     "lease",
     "propose",
     "replicate",
     "replicate_delete",
     "scan_partitions",
+    "fetch_partition_entries",
     "join",
     "leave",
     "ring",

@@ -31,6 +31,8 @@ use crate::writeback::Pending;
 const REPLICA_TIMEOUT: Duration = Duration::from_secs(10);
 /// Locks that order the writes, deletes and replica applies of one key (by key hash).
 const KEY_LOCKS: u32 = 1024;
+/// Most entries in one page of a partition transfer (versions listed, or entries fetched).
+const MAX_TRANSFER_PAGE: u32 = 10_000;
 
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
@@ -130,7 +132,7 @@ impl Service {
                 Ok(()) => *inner,
                 Err(answer) => return (answer, Vec::new()),
             },
-            scan @ Request::ScanPartitions { .. } => {
+            scan @ (Request::ScanPartitions { .. } | Request::FetchPartitionEntries { .. }) => {
                 if let Err(e) = self.check_source_epoch(epoch).await {
                     return (Response::Error(e), Vec::new());
                 }
@@ -444,6 +446,15 @@ impl Service {
                 // A holder that restarted or lost its lease may miss writes: not a source.
                 self.cluster.serving()?;
                 self.scan_partitions(receiver, partitions, after, limit)
+                    .await?
+            }
+            Request::FetchPartitionEntries {
+                receiver,
+                partitions,
+                keys,
+            } => {
+                self.cluster.serving()?;
+                self.fetch_partition_entries(receiver, partitions, keys)
                     .await?
             }
             Request::Lease { node } => (self.cluster.grant_lease(node)?, Vec::new()),
@@ -1042,7 +1053,19 @@ impl Service {
         }
     }
 
-    /// One page of a partition transfer, for `receiver`; forwards later writes to it.
+    /// Refuses transfers outside a cluster and for partitions this node does not hold.
+    fn check_transfer_source(&self, partitions: &[PartitionId]) -> Outcome<()> {
+        if !self.cluster.is_clustered() {
+            return Err(WireError::new(
+                ErrorCode::Forbidden,
+                "partition transfers are between members of a cluster",
+            ));
+        }
+        self.check_holder(partitions)
+    }
+
+    /// One page of a partition transfer for `receiver`: the versions of the live entries.
+    /// The first page opens the session (registers forwarding, lists the keys).
     async fn scan_partitions(
         &self,
         receiver: NodeId,
@@ -1050,13 +1073,7 @@ impl Service {
         after: Option<(String, String)>,
         limit: u32,
     ) -> Outcome<Answer> {
-        if !self.cluster.is_clustered() {
-            return Err(WireError::new(
-                ErrorCode::Forbidden,
-                "partition transfers are between members of a cluster",
-            ));
-        }
-        self.check_holder(&partitions)?;
+        self.check_transfer_source(&partitions)?;
         // Forward first, list second: every write is in the listing or forwarded.
         self.cluster.forwards.register(receiver, &partitions);
         let count = self.cluster.ring().params.partitions;
@@ -1069,12 +1086,7 @@ impl Service {
                 let keys = self.keys_in(count, &wanted).await?;
                 forwards.open_session(receiver, &partitions, Session { keys, drops })
             }
-            Some(_) => forwards.session(receiver, &partitions).ok_or_else(|| {
-                WireError::new(
-                    ErrorCode::NotReady,
-                    "this transfer's session is gone (the source restarted or moved on): start over",
-                )
-            })?,
+            Some(_) => self.transfer_session(receiver, &partitions)?,
         };
         self.check_not_dropped(&partitions, &session)?;
         let keys = &session.keys;
@@ -1084,12 +1096,114 @@ impl Service {
             }),
             None => 0,
         };
-        let limit = limit.clamp(1, 10_000) as usize;
+        let limit = limit.clamp(1, MAX_TRANSFER_PAGE) as usize;
         let page: Vec<EntryKey> = keys[start..].iter().take(limit).cloned().collect();
         let more = keys.len() > start + page.len();
         let now = self.clock.now();
+        let pending: Vec<Option<EntryMeta>> = page
+            .iter()
+            .map(|k| self.pending_entry(k).map(|e| e.meta))
+            .collect();
         let read = page.clone();
-        let pending: Vec<Option<Entry>> = read.iter().map(|k| self.pending_entry(k)).collect();
+        let metas = self
+            .blocking(move |store| {
+                read.iter()
+                    .zip(pending)
+                    .map(|(key, pending)| match pending {
+                        Some(meta) => Ok(Some(meta)),
+                        None => store.metadata(key),
+                    })
+                    .collect::<strata_store::Result<Vec<_>>>()
+            })
+            .await?;
+        let versions = page
+            .iter()
+            .zip(metas)
+            .filter_map(|(key, meta)| {
+                let meta = meta.filter(|m| !m.is_expired(now))?;
+                Some((key.namespace.to_string(), key.key.to_string(), meta.version))
+            })
+            .collect();
+        // Read after any drop began? Then this page may lack entries: refuse it.
+        self.check_not_dropped(&partitions, &session)?;
+        let next = if more {
+            page.last()
+                .map(|k| (k.namespace.to_string(), k.key.to_string()))
+        } else {
+            None
+        };
+        let tombstones = if after.is_none() {
+            self.tombstones
+                .in_partitions(count, &wanted)
+                .into_iter()
+                .map(|(k, v)| (k.namespace.to_string(), k.key.to_string(), v))
+                .collect()
+        } else {
+            Vec::new()
+        };
+        let versions = Response::PartitionVersions {
+            versions,
+            next,
+            tombstones,
+        };
+        Ok((versions, Vec::new()))
+    }
+
+    /// The running transfer session of `receiver` for `partitions`.
+    fn transfer_session(
+        &self,
+        receiver: NodeId,
+        partitions: &[PartitionId],
+    ) -> Outcome<Arc<Session>> {
+        self.cluster
+            .forwards
+            .session(receiver, partitions)
+            .ok_or_else(|| {
+                WireError::new(
+                    ErrorCode::NotReady,
+                    "this transfer's session is gone (the source restarted or moved on): start over",
+                )
+            })
+    }
+
+    /// The entries of `keys` for `receiver`'s open transfer session of `partitions`.
+    async fn fetch_partition_entries(
+        &self,
+        receiver: NodeId,
+        partitions: Vec<PartitionId>,
+        keys: Vec<(String, String)>,
+    ) -> Outcome<Answer> {
+        self.check_transfer_source(&partitions)?;
+        if keys.len() > MAX_TRANSFER_PAGE as usize {
+            return Err(WireError::new(
+                ErrorCode::Malformed,
+                format!("at most {MAX_TRANSFER_PAGE} entries per fetch"),
+            ));
+        }
+        let session = self.transfer_session(receiver, &partitions)?;
+        let count = self.cluster.ring().params.partitions;
+        let wanted: HashSet<PartitionId> = partitions.iter().copied().collect();
+        let keys = keys
+            .iter()
+            .map(|(namespace, key)| {
+                let key = entry_key(namespace, key)?;
+                if wanted.contains(&partition_of(count, namespace, key.key.as_str())) {
+                    Ok(key)
+                } else {
+                    Err(WireError::new(
+                        ErrorCode::Malformed,
+                        format!(
+                            "{namespace}/{} is not in this transfer's partitions",
+                            key.key
+                        ),
+                    ))
+                }
+            })
+            .collect::<Outcome<Vec<EntryKey>>>()?;
+        self.check_not_dropped(&partitions, &session)?;
+        let now = self.clock.now();
+        let pending: Vec<Option<Entry>> = keys.iter().map(|k| self.pending_entry(k)).collect();
+        let read = keys.clone();
         let found = self
             .blocking(move |store| {
                 let mut found = Vec::with_capacity(read.len());
@@ -1109,38 +1223,49 @@ impl Service {
         let mut out = Vec::new();
         let mut budget = self.limits.answer_inline_budget;
         let mut entries = Vec::new();
-        for (key, entry) in page.iter().zip(found) {
+        for (key, entry) in keys.iter().zip(found) {
             let Some(entry) = entry.filter(|e| !e.is_expired(now)) else {
                 continue;
             };
             let wire = self.wire_entry(entry, &mut out, &mut budget);
             entries.push((key.namespace.to_string(), key.key.to_string(), wire));
         }
-        // Read after any drop began? Then this page may lack entries: refuse it.
+        // Read after any drop began? Then these entries may be incomplete: refuse them.
         self.check_not_dropped(&partitions, &session)?;
-        let next = if more {
-            page.last()
-                .map(|k| (k.namespace.to_string(), k.key.to_string()))
-        } else {
-            None
-        };
-        let tombstones = if after.is_none() {
-            self.tombstones
-                .in_partitions(count, &wanted)
-                .into_iter()
-                .map(|(k, v)| (k.namespace.to_string(), k.key.to_string(), v))
-                .collect()
-        } else {
-            Vec::new()
-        };
-        Ok((
-            Response::Scanned {
-                entries,
-                next,
-                tombstones,
-            },
-            out,
-        ))
+        Ok((Response::PartitionEntries { entries }, out))
+    }
+
+    /// Of the `versions` a transfer source listed, the keys whose entry this node should
+    /// fetch: those it does not hold, or holds in an older version, and has no newer
+    /// tombstone for. Everything else would be refused by [`Service::apply_replica`] anyway,
+    /// so skipping it changes nothing but the bytes moved.
+    pub async fn missing(
+        &self,
+        versions: Vec<(String, String, Version)>,
+    ) -> Outcome<Vec<(String, String)>> {
+        let mut candidates = Vec::with_capacity(versions.len());
+        for (namespace, key, version) in versions {
+            let entry_key = entry_key(&namespace, &key)?;
+            if self.tombstones.covers(&entry_key, version) {
+                continue;
+            }
+            let pending = self.pending_entry(&entry_key).map(|e| e.meta.version);
+            candidates.push((entry_key, version, pending));
+        }
+        self.blocking(move |store| {
+            let mut wanted = Vec::new();
+            for (key, version, pending) in candidates {
+                let held = match pending {
+                    Some(held) => Some(held),
+                    None => store.metadata(&key)?.map(|m| m.version),
+                };
+                if held.is_none_or(|held| held < version) {
+                    wanted.push((key.namespace.to_string(), key.key.to_string()));
+                }
+            }
+            Ok(wanted)
+        })
+        .await
     }
 
     /// Stamps a value with this node's clock: creation time, expiry and version.

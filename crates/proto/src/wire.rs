@@ -46,7 +46,10 @@ use crate::version::{NodeId, Version};
 /// First bytes of every frame.
 pub const MAGIC: [u8; 4] = *b"STRA";
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u8 = 1;
+///
+/// 2: partition transfers compare versions first (`ScanPartitions` answers
+/// `PartitionVersions`; `FetchPartitionEntries` fetches what the receiver lacks).
+pub const PROTOCOL_VERSION: u8 = 2;
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 10;
 /// ALPN protocol name negotiated in the TLS handshake.
@@ -336,9 +339,11 @@ pub enum Request {
         /// The delete's version.
         version: Version,
     },
-    /// Stream the entries of some partitions to a new holder, a page at a time; the node
-    /// also forwards later writes to those partitions to the asking member until the
-    /// hand-off completes. Peers only.
+    /// List the versions of the entries of some partitions for a new holder, a page at a
+    /// time ([`Response::PartitionVersions`]); the node also forwards later writes to those
+    /// partitions to the asking member until the hand-off completes. The first page opens a
+    /// transfer session: its key listing is what later pages and
+    /// [`Request::FetchPartitionEntries`] serve. Peers only.
     ScanPartitions {
         /// The member that asks (and receives forwarded writes).
         receiver: NodeId,
@@ -348,6 +353,17 @@ pub enum Request {
         after: Option<(String, String)>,
         /// Most entries in this page.
         limit: u32,
+    },
+    /// The entries of `keys`, listed by [`Request::ScanPartitions`] in the same session,
+    /// that the receiver lacks or holds in an older version ([`Response::PartitionEntries`]).
+    /// Peers only.
+    FetchPartitionEntries {
+        /// The member that asks: its transfer session must be open.
+        receiver: NodeId,
+        /// The partitions of the session.
+        partitions: Vec<PartitionId>,
+        /// (namespace, key) of each entry wanted, every one in `partitions`.
+        keys: Vec<(String, String)>,
     },
     /// Ask the Raft leader for an ownership lease (every heartbeat). Peers only.
     Lease {
@@ -466,6 +482,7 @@ impl Request {
             Request::Replicate { .. } => "replicate",
             Request::ReplicateDelete { .. } => "replicate_delete",
             Request::ScanPartitions { .. } => "scan_partitions",
+            Request::FetchPartitionEntries { .. } => "fetch_partition_entries",
             Request::Lease { .. } => "lease",
             Request::ReplicaRead(inner) => inner.kind(),
             Request::Compute { .. } => "compute",
@@ -551,15 +568,21 @@ pub enum Response {
     /// Answer to [`Request::Replicate`] and [`Request::ReplicateDelete`]: whether it was
     /// applied (false if something newer was held).
     Applied(bool),
-    /// A page of [`Request::ScanPartitions`].
-    Scanned {
-        /// Namespace, key and entry, in (namespace, key) order.
-        entries: Vec<(String, String, WireEntry)>,
+    /// A page of [`Request::ScanPartitions`]: the version of each live entry.
+    PartitionVersions {
+        /// Namespace, key and version, in (namespace, key) order.
+        versions: Vec<(String, String, Version)>,
         /// Pass as `after` for the next page; none at the end.
         next: Option<(String, String)>,
         /// On the first page: the tombstones (deletes within the grace period) of the
         /// partitions, as namespace, key and the delete's version.
         tombstones: Vec<(String, String, Version)>,
+    },
+    /// Answer to [`Request::FetchPartitionEntries`]: the entries still held and live, in the
+    /// order asked (a key deleted or expired since it was listed is left out).
+    PartitionEntries {
+        /// Namespace, key and entry.
+        entries: Vec<(String, String, WireEntry)>,
     },
     /// Answer to [`Request::Lease`].
     Lease {
@@ -628,7 +651,8 @@ impl Response {
             Response::Redirect(_) => "Redirect",
             Response::Raft(_) => "Raft",
             Response::Applied(_) => "Applied",
-            Response::Scanned { .. } => "Scanned",
+            Response::PartitionVersions { .. } => "PartitionVersions",
+            Response::PartitionEntries { .. } => "PartitionEntries",
             Response::Lease { .. } => "Lease",
             Response::Error(_) => "Error",
             Response::ComputeLease { .. } => "ComputeLease",
@@ -644,7 +668,9 @@ impl Response {
         let bodies: Vec<&Body> = match self {
             Response::Entry(Some(e)) | Response::ComputeWaited(e) => vec![&e.body],
             Response::Entries(es) => es.iter().flatten().map(|e| &e.body).collect(),
-            Response::Scanned { entries, .. } => entries.iter().map(|(_, _, e)| &e.body).collect(),
+            Response::PartitionEntries { entries } => {
+                entries.iter().map(|(_, _, e)| &e.body).collect()
+            }
             _ => Vec::new(),
         };
         streamed(bodies)

@@ -7,16 +7,26 @@
 //!    down longer than the tombstone grace)
 //!   ScanPartitions{p, after: none} ────────▶  register "forward writes of p to new holder"
 //!                                             list the keys of p (one listing per session)
-//!              ◀──────────────────────────── page of entries (+ streamed bodies);
+//!              ◀──────────────────────────── page of (key, version);
 //!                                             the first page carries p's tombstones
-//!   apply tombstones, then each entry if
-//!   newer than held and than any tombstone
-//!   (skip keys deleted meanwhile), throttled
+//!   apply tombstones; keep the keys it lacks
+//!   or holds older (and has no newer
+//!   tombstone for)
+//!   FetchPartitionEntries{those keys} ─────▶
+//!              ◀──────────────────────────── their entries (+ streamed bodies)
+//!   apply each entry if newer than held and
+//!   than any tombstone (skip keys deleted
+//!   meanwhile), throttled
 //!   ... more pages ...                        every write to p meanwhile is also sent to
 //!                                             the new holder before it is acknowledged
 //!   propose PartitionsSynced{p} ──▶ Raft ──▶  epoch e+1: table[p] = target[p]; requests
 //!                                             for p now go to the new owner
 //! ```
+//!
+//! Comparing versions first is what makes a rejoin cheap: a member restarted with its data
+//! directory already holds almost everything, and only what changed while it was away
+//! travels. A new member (or one that discarded its data) fetches every entry, at the cost
+//! of one extra round trip per page of versions, overlapped with the fetches.
 //!
 //! Forwarding starts before the listing, so every write is either in the listing or
 //! forwarded (or both: applying by version makes that harmless). A delete that reaches a new
@@ -49,6 +59,9 @@ use crate::service::Service;
 const PAGE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Entries of one page applied at once.
 const APPLY_CONCURRENCY: usize = 16;
+/// A page of versions lists this many times `transfer_page_entries` keys: versions are
+/// small, and a node that kept its data fetches few of the entries they list.
+const VERSIONS_PER_ENTRY_PAGE: u32 = 4;
 /// How long a transfer waits for its own report to be applied locally.
 const REPORT_APPLY_WAIT: Duration = Duration::from_secs(30);
 
@@ -151,9 +164,12 @@ impl Forwards {
 /// What one transfer moved.
 #[derive(Clone, Debug, Default)]
 pub struct Moved {
+    /// Entries whose versions were compared with what this node holds.
+    pub compared: u64,
     /// Entries applied.
     pub entries: u64,
-    /// Payload bytes received.
+    /// Payload bytes received (only entries this node lacked or held in an older version
+    /// travel).
     pub bytes: u64,
     /// Partitions reported synced (the others were dropped here while they were copied, and
     /// are copied again).
@@ -215,18 +231,9 @@ pub async fn pull(
     };
     let started = Instant::now();
     let mut moved = Moved::default();
-    // The next page is fetched while this one is applied.
-    let fetch = |after: Option<(String, String)>| {
-        let (cluster, addr, partitions) =
-            (Arc::clone(&cluster), source.1.clone(), partitions.clone());
-        let limit = config.transfer_page_entries;
+    let peers = |request: Request| {
+        let (cluster, addr) = (Arc::clone(&cluster), source.1.clone());
         tokio::spawn(async move {
-            let request = Request::ScanPartitions {
-                receiver: me,
-                partitions,
-                after,
-                limit,
-            };
             cluster
                 .peers()
                 // The epoch of this node's state: the source must have applied it too.
@@ -234,11 +241,29 @@ pub async fn pull(
                 .await
         })
     };
-    let mut page = Some(fetch(None));
-    while let Some(fetching) = page.take() {
-        let (response, bodies) = fetching.await??;
-        let Response::Scanned {
-            entries,
+    let entries_per_fetch = config.transfer_page_entries;
+    let list = |after: Option<(String, String)>| {
+        peers(Request::ScanPartitions {
+            receiver: me,
+            partitions: partitions.clone(),
+            after,
+            limit: entries_per_fetch.saturating_mul(VERSIONS_PER_ENTRY_PAGE),
+        })
+    };
+    let fetch = |keys: Vec<(String, String)>| {
+        peers(Request::FetchPartitionEntries {
+            receiver: me,
+            partitions: partitions.clone(),
+            keys,
+        })
+    };
+    // The next page of versions is listed while this one is compared and fetched, and the
+    // next batch of entries is fetched while this one is applied.
+    let mut page = Some(list(None));
+    while let Some(listing) = page.take() {
+        let (response, _) = listing.await??;
+        let Response::PartitionVersions {
+            versions,
             next,
             tombstones,
         } = response
@@ -249,28 +274,47 @@ pub async fn pull(
                 response.kind()
             );
         };
-        page = next.map(|next| fetch(Some(next)));
-        // Deletes first: older copies held here, or arriving in this page, lose to them.
+        page = next.map(|next| list(Some(next)));
+        // Deletes first: older copies held here, or arriving later, lose to them.
         service.apply_tombstones(tombstones).await?;
-        let mut bodies = bodies.into_iter();
-        let mut items = Vec::with_capacity(entries.len());
-        for (namespace, key, entry) in entries {
-            moved.bytes += entry.body.len();
-            items.extend(service.take_transferred(&namespace, &key, entry, &mut bodies)?);
-        }
-        // Keys are independent (each is checked and stored under its own lock): applied
-        // several at a time, so that the disk lookups of one overlap the others.
-        let applied: Vec<bool> = futures::stream::iter(items)
-            .map(|(key, entry)| service.apply_replica(key, entry))
-            .buffer_unordered(APPLY_CONCURRENCY)
-            .try_collect()
-            .await?;
-        moved.entries += applied.iter().filter(|&&a| a).count() as u64;
-        // Throttle: never faster than the configured bandwidth on average.
-        let due =
-            Duration::from_secs_f64(moved.bytes as f64 / config.transfer_bytes_per_sec as f64);
-        if let Some(wait) = due.checked_sub(started.elapsed()) {
-            tokio::time::sleep(wait).await;
+        moved.compared += versions.len() as u64;
+        let wanted = service.missing(versions).await?;
+        let mut batches = wanted
+            .chunks(entries_per_fetch.max(1) as usize)
+            .map(<[_]>::to_vec)
+            .collect::<Vec<_>>()
+            .into_iter();
+        let mut fetching = batches.next().map(fetch);
+        while let Some(current) = fetching.take() {
+            let (response, bodies) = current.await??;
+            fetching = batches.next().map(fetch);
+            let Response::PartitionEntries { entries } = response else {
+                anyhow::bail!(
+                    "member {} answered a partition fetch with {}",
+                    source.0,
+                    response.kind()
+                );
+            };
+            let mut bodies = bodies.into_iter();
+            let mut items = Vec::with_capacity(entries.len());
+            for (namespace, key, entry) in entries {
+                moved.bytes += entry.body.len();
+                items.extend(service.take_transferred(&namespace, &key, entry, &mut bodies)?);
+            }
+            // Keys are independent (each is checked and stored under its own lock): applied
+            // several at a time, so that the disk lookups of one overlap the others.
+            let applied: Vec<bool> = futures::stream::iter(items)
+                .map(|(key, entry)| service.apply_replica(key, entry))
+                .buffer_unordered(APPLY_CONCURRENCY)
+                .try_collect()
+                .await?;
+            moved.entries += applied.iter().filter(|&&a| a).count() as u64;
+            // Throttle: never faster than the configured bandwidth on average.
+            let due =
+                Duration::from_secs_f64(moved.bytes as f64 / config.transfer_bytes_per_sec as f64);
+            if let Some(wait) = due.checked_sub(started.elapsed()) {
+                tokio::time::sleep(wait).await;
+            }
         }
     }
     // Held until the report is applied: no drop slips in between the check and the report.

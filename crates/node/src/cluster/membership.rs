@@ -350,6 +350,7 @@ fn start_transfers(
                     tracing::info!(
                         from = %source.0,
                         partitions = count,
+                        compared = moved.compared,
                         entries = moved.entries,
                         bytes = moved.bytes,
                         "partitions received"
