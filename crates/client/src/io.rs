@@ -165,29 +165,28 @@ pub async fn read_bodies(
     Ok(bodies)
 }
 
-/// Writes a frame followed by streamed bodies, in chunks of at most `chunk` bytes.
+/// Writes a frame followed by streamed bodies, in chunks of at most `chunk` bytes, handed
+/// to QUIC together (one call, not one per body: a batch answer has thousands).
 pub async fn write_message<T: Serialize>(
     send: &mut SendStream,
     message: &T,
     bodies: &[Bytes],
     chunk: usize,
 ) -> Result<(), StreamError> {
-    let transport = |e: quinn::WriteError| StreamError::Transport(e.to_string());
-    send.write_chunk(wire::encode_frame(message))
-        .await
-        .map_err(transport)?;
     let chunk = chunk.max(1);
+    let mut pieces = Vec::with_capacity(1 + bodies.len());
+    pieces.push(wire::encode_frame(message));
     for body in bodies {
         let mut offset = 0;
         while offset < body.len() {
             let end = (offset + chunk).min(body.len());
-            send.write_chunk(body.slice(offset..end))
-                .await
-                .map_err(transport)?;
+            pieces.push(body.slice(offset..end));
             offset = end;
         }
     }
-    Ok(())
+    send.write_all_chunks(&mut pieces)
+        .await
+        .map_err(|e| StreamError::Transport(e.to_string()))
 }
 
 #[cfg(test)]

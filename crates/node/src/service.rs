@@ -34,6 +34,11 @@ const KEY_LOCKS: u32 = 1024;
 /// Most entries in one page of a partition transfer (versions listed, or entries fetched).
 const MAX_TRANSFER_PAGE: u32 = 10_000;
 
+/// Largest payload an answer carries inside its frame. Larger ones follow the frame as
+/// streamed bodies, written from the store's own buffers: a batch of 4 KiB embeddings is then
+/// not copied into a megabyte-sized frame (and out of it again on the client).
+const ANSWER_INLINE_MAX: usize = 1024;
+
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
 pub struct ServiceLimits {
@@ -1280,7 +1285,7 @@ impl Service {
     fn wire_entry(&self, entry: Entry, out: &mut Vec<Bytes>, budget: &mut usize) -> WireEntry {
         let size = usize::try_from(entry.meta.size_bytes).unwrap_or(usize::MAX);
         let inline_limit = if size <= *budget {
-            self.limits.inline_limit
+            self.limits.inline_limit.min(ANSWER_INLINE_MAX)
         } else {
             0
         };

@@ -364,6 +364,11 @@ impl Tensor {
     /// An owned `ndarray` copy of the tensor; works for any alignment and endianness.
     pub fn to_array<A: Element>(&self) -> Result<ArrayD<A>> {
         self.check::<A>()?;
+        if let Ok(slice) = self.as_slice::<A>() {
+            // Aligned little-endian data (the usual case): one copy, no zeroing first.
+            return ArrayD::from_shape_vec(IxDyn(&self.shape), slice.to_vec())
+                .map_err(|e| Error::InvalidValue(format!("tensor shape: {e}")));
+        }
         let mut values: Vec<A> = vec![A::zeroed(); self.len()];
         bytemuck::cast_slice_mut::<A, u8>(&mut values).copy_from_slice(&self.data);
         #[cfg(target_endian = "big")]

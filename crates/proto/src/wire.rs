@@ -34,7 +34,7 @@
 //! Keys and namespaces are plain strings on the wire and are validated by the receiver, so a
 //! bad one gets an error that says what is wrong with it rather than a decoding failure.
 
-use bytes::{BufMut, Bytes, BytesMut};
+use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 
 use crate::codec::{decode_payload, encode_payload};
@@ -107,16 +107,28 @@ impl FrameHeader {
 }
 
 /// Encodes a message as one frame (header and body).
+///
+/// The body is measured first and then written once into a buffer of exactly its size: a
+/// frame that carries megabytes of inline values is copied once, not regrown and copied again.
 pub fn encode_frame<T: Serialize>(message: &T) -> Bytes {
     // Encoding our own plain data types into memory cannot fail.
-    let body = postcard::to_allocvec(message).unwrap_or_default();
-    let mut out = BytesMut::with_capacity(HEADER_LEN + body.len());
-    out.put_slice(&MAGIC);
-    out.put_u8(PROTOCOL_VERSION);
-    out.put_u8(0);
-    out.put_u32_le(u32::try_from(body.len()).unwrap_or(u32::MAX));
-    out.put_slice(&body);
-    out.freeze()
+    let len = postcard::serialize_with_flavor(message, postcard::ser_flavors::Size::default())
+        .unwrap_or(0);
+    let mut out = Vec::with_capacity(HEADER_LEN + len);
+    out.extend_from_slice(&MAGIC);
+    out.push(PROTOCOL_VERSION);
+    out.push(0);
+    out.extend_from_slice(&u32::try_from(len).unwrap_or(u32::MAX).to_le_bytes());
+    match postcard::to_io(message, &mut out) {
+        Ok(_) => Bytes::from(out),
+        // Unreachable for our types (and writing to a `Vec` cannot fail); an empty body then
+        // fails to decode on the other side with a clear error, as before.
+        Err(_) => {
+            out.truncate(HEADER_LEN - 4);
+            out.extend_from_slice(&0u32.to_le_bytes());
+            Bytes::from(out)
+        }
+    }
 }
 
 /// Decodes a frame body.
@@ -833,7 +845,7 @@ mod tests {
             wire.body,
             Body::Streamed((header.len() + body.len()) as u64)
         );
-        let mut payload = BytesMut::new();
+        let mut payload = bytes::BytesMut::new();
         payload.extend_from_slice(&header);
         payload.extend_from_slice(&body);
         assert_eq!(join_value(&wire.format, payload.freeze()).unwrap(), value);
