@@ -63,6 +63,7 @@ use crate::cluster::{self, ClusterStats, Membership, NodeStats};
 use crate::config::{ClientConfig, DEFAULT_LIST_PAGE};
 use crate::connection;
 use crate::error::Error;
+use crate::io;
 use crate::routing::{self, MAX_REDIRECTS, Routed, Routes};
 use crate::tls;
 
@@ -141,10 +142,19 @@ impl Client {
         } else {
             (Ipv6Addr::UNSPECIFIED, 0).into()
         };
-        let endpoint = Endpoint::client(bind).map_err(|e| Error::Connect {
-            addr: config.addr.clone(),
-            reason: format!("cannot open a UDP socket on {bind}: {e}"),
-        })?;
+        let endpoint = io::udp_socket(bind)
+            .and_then(|socket| {
+                Endpoint::new(
+                    quinn::EndpointConfig::default(),
+                    None,
+                    socket,
+                    Arc::new(quinn::TokioRuntime),
+                )
+            })
+            .map_err(|e| Error::Connect {
+                addr: config.addr.clone(),
+                reason: format!("cannot open a UDP socket on {bind}: {e}"),
+            })?;
         let seeds: Vec<String> = config.seed_addrs().map(str::to_owned).collect();
         let client = Self {
             inner: Arc::new(Inner {

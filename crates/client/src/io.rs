@@ -12,6 +12,35 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 use strata_proto::wire::{self, ErrorCode, FrameHeader, HEADER_LEN, WireError};
 
+/// The UDP receive and send buffers asked for on every client and node socket. A batch answer
+/// arrives from several nodes at once, megabytes in a few milliseconds; the Linux default of
+/// 208 KiB drops part of such a burst, and each drop costs QUIC a retransmission and a halved
+/// congestion window. The kernel caps the size at `net.core.rmem_max` / `wmem_max`.
+pub const SOCKET_BUFFER_BYTES: usize = 4 << 20;
+
+/// A UDP socket bound to `addr` for a QUIC endpoint, with [`SOCKET_BUFFER_BYTES`] of receive
+/// and send buffer (or what the kernel allows).
+pub fn udp_socket(addr: std::net::SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    let socket = std::net::UdpSocket::bind(addr)?;
+    let options = socket2::SockRef::from(&socket);
+    options.set_recv_buffer_size(SOCKET_BUFFER_BYTES)?;
+    options.set_send_buffer_size(SOCKET_BUFFER_BYTES)?;
+    Ok(socket)
+}
+
+/// Packets a receiver may take in before it must acknowledge them (asked of the peer through
+/// QUIC's ACK frequency extension). QUIC's default acknowledges every other packet: a 4 MiB
+/// batch answer then costs the client some 1,400 ACK packets to send and the node as many to
+/// process.
+pub const ACK_ELICITING_THRESHOLD: u32 = 9;
+
+/// The ACK frequency both sides ask of each other: see [`ACK_ELICITING_THRESHOLD`].
+pub fn ack_frequency() -> quinn::AckFrequencyConfig {
+    let mut config = quinn::AckFrequencyConfig::default();
+    config.ack_eliciting_threshold(quinn::VarInt::from_u32(ACK_ELICITING_THRESHOLD));
+    config
+}
+
 /// Limits a reader enforces on what the other side declares.
 #[derive(Clone, Copy, Debug)]
 pub struct ReadLimits {

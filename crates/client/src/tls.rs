@@ -101,7 +101,8 @@ pub fn quic_config(files: &TlsFiles) -> Result<quinn::ClientConfig, Error> {
         .receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW))
         // Nodes never open streams towards a client.
         .max_concurrent_bidi_streams(quinn::VarInt::from_u32(0))
-        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+        .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+        .ack_frequency_config(Some(crate::io::ack_frequency()));
     let mut config = quinn::ClientConfig::new(Arc::new(crypto));
     config.transport_config(Arc::new(transport));
     Ok(config)

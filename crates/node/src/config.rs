@@ -683,7 +683,8 @@ impl Config {
             .receive_window(quinn::VarInt::from_u32(RECEIVE_WINDOW))
             .send_window(SEND_WINDOW)
             // Every request is a bidirectional stream; the node has no use for the others.
-            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0));
+            .max_concurrent_uni_streams(quinn::VarInt::from_u32(0))
+            .ack_frequency_config(Some(strata_client::io::ack_frequency()));
         transport
     }
 

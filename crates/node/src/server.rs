@@ -140,7 +140,7 @@ impl RunningNode {
 
         let server_config = tls::server_config(&config.tls, Arc::new(config.transport()))
             .context("loading TLS certificates")?;
-        let socket = std::net::UdpSocket::bind(config.listen)
+        let socket = io::udp_socket(config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
         let reset_key = reset_key(&config.data_dir).context("loading the QUIC reset key")?;
         let endpoint = Endpoint::new(
