@@ -51,11 +51,27 @@ struct Args {
     /// Read each answer into a fresh zeroed buffer instead of only counting its bytes.
     #[arg(long)]
     copy: bool,
+    /// Upper bound of MTU discovery (UDP payload bytes; quinn's default is 1452). Both
+    /// endpoints also accept datagrams up to this size.
+    #[arg(long, default_value_t = 1452)]
+    mtu: u16,
+    /// Ask the peer to acknowledge only every N+1 ack-eliciting packets (QUIC ACK frequency
+    /// extension); none leaves QUIC's default (every other packet).
+    #[arg(long)]
+    ack_threshold: Option<u32>,
 }
 
 /// The node's windows (crates/node/src/config.rs) and stream limit.
-fn transport() -> Arc<TransportConfig> {
+fn transport(mtu: u16, ack_threshold: Option<u32>) -> Arc<TransportConfig> {
     let mut t = TransportConfig::default();
+    let mut discovery = quinn::MtuDiscoveryConfig::default();
+    discovery.upper_bound(mtu);
+    t.mtu_discovery_config(Some(discovery));
+    if let Some(n) = ack_threshold {
+        let mut acks = quinn::AckFrequencyConfig::default();
+        acks.ack_eliciting_threshold(VarInt::from_u32(n));
+        t.ack_frequency_config(Some(acks));
+    }
     t.stream_receive_window(VarInt::from_u32(8 << 20))
         .receive_window(VarInt::from_u32(32 << 20))
         .send_window(32 << 20)
@@ -65,7 +81,7 @@ fn transport() -> Arc<TransportConfig> {
 }
 
 /// A server endpoint on 127.0.0.1:0 and a client config that trusts its certificate.
-fn endpoints() -> Result<(Endpoint, quinn::ClientConfig)> {
+fn endpoints(mtu: u16, ack_threshold: Option<u32>) -> Result<(Endpoint, quinn::ClientConfig)> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let certified = rcgen::generate_simple_self_signed(vec!["localhost".to_owned()])?;
     let cert: CertificateDer<'static> = certified.cert.der().clone();
@@ -79,8 +95,13 @@ fn endpoints() -> Result<(Endpoint, quinn::ClientConfig)> {
     server_tls.alpn_protocols = vec![b"bench".to_vec()];
     let mut server =
         quinn::ServerConfig::with_crypto(Arc::new(QuicServerConfig::try_from(server_tls)?));
-    server.transport_config(transport());
-    let endpoint = Endpoint::server(server, (Ipv4Addr::LOCALHOST, 0).into())?;
+    server.transport_config(transport(mtu, ack_threshold));
+    let endpoint = Endpoint::new(
+        endpoint_config(mtu)?,
+        Some(server),
+        std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+        Arc::new(quinn::TokioRuntime),
+    )?;
 
     let mut roots = rustls::RootCertStore::empty();
     roots.add(cert)?;
@@ -90,8 +111,15 @@ fn endpoints() -> Result<(Endpoint, quinn::ClientConfig)> {
         .with_no_client_auth();
     client_tls.alpn_protocols = vec![b"bench".to_vec()];
     let mut client = quinn::ClientConfig::new(Arc::new(QuicClientConfig::try_from(client_tls)?));
-    client.transport_config(transport());
+    client.transport_config(transport(mtu, ack_threshold));
     Ok((endpoint, client))
+}
+
+/// An endpoint that accepts datagrams up to `mtu` bytes of UDP payload.
+fn endpoint_config(mtu: u16) -> Result<quinn::EndpointConfig> {
+    let mut config = quinn::EndpointConfig::default();
+    config.max_udp_payload_size(mtu)?;
+    Ok(config)
 }
 
 /// Answers every stream of every connection with `body`, written in `chunk`-byte pieces.
@@ -155,13 +183,19 @@ fn main() -> Result<()> {
         .worker_threads(2)
         .enable_all()
         .build()?;
-    let (server, client_config) = server_rt.block_on(async { endpoints() })?;
+    let (server, client_config) =
+        server_rt.block_on(async { endpoints(args.mtu, args.ack_threshold) })?;
     let addr: SocketAddr = server.local_addr()?;
     let body = Bytes::from(vec![0xa5u8; args.size]);
     server_rt.spawn(serve(server.clone(), body, args.chunk));
 
     let result = client_rt.block_on(async move {
-        let mut endpoint = Endpoint::client((Ipv4Addr::LOCALHOST, 0).into())?;
+        let mut endpoint = Endpoint::new(
+            endpoint_config(args.mtu)?,
+            None,
+            std::net::UdpSocket::bind((Ipv4Addr::LOCALHOST, 0))?,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         endpoint.set_default_client_config(client_config);
         let conn = endpoint.connect(addr, "localhost")?.await?;
         let copy = args.copy.then_some(args.size);
@@ -192,11 +226,12 @@ fn main() -> Result<()> {
             bytes += b;
         }
         let elapsed = started.elapsed().as_secs_f64();
+        let mtu = conn.stats().path.current_mtu;
         conn.close(0u32.into(), b"done");
         endpoint.wait_idle().await;
-        anyhow::Ok((requests, bytes, elapsed))
+        anyhow::Ok((requests, bytes, elapsed, mtu))
     });
-    let (requests, bytes, elapsed) = result?;
+    let (requests, bytes, elapsed, mtu) = result?;
     server.close(0u32.into(), b"done");
     println!(
         "{}",
@@ -206,6 +241,9 @@ fn main() -> Result<()> {
             "concurrency": args.concurrency,
             "chunk_bytes": args.chunk,
             "copy": args.copy,
+            "mtu_upper_bound": args.mtu,
+            "ack_threshold": args.ack_threshold,
+            "client_path_mtu": mtu,
             "requests": requests,
             "bytes": bytes,
             "elapsed_secs": elapsed,
