@@ -142,9 +142,14 @@ impl RunningNode {
             .context("loading TLS certificates")?;
         let socket = io::udp_socket(config.listen)
             .with_context(|| format!("listening on {}", config.listen))?;
-        let reset_key = reset_key(&config.data_dir).context("loading the QUIC reset key")?;
+        let keys = quic_keys(&config.data_dir).context("loading the QUIC reset key")?;
+        let mut endpoint_config = quinn::EndpointConfig::new(Arc::new(keys.reset));
+        let cid_key = keys.cid;
+        endpoint_config.cid_generator(move || {
+            Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key))
+        });
         let endpoint = Endpoint::new(
-            quinn::EndpointConfig::new(Arc::new(reset_key)),
+            endpoint_config,
             Some(server_config),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -637,11 +642,22 @@ async fn start_cluster(
 /// File in the data directory holding the node's QUIC stateless-reset key.
 const RESET_KEY_FILE: &str = "quic-reset.key";
 
-/// The node's QUIC stateless-reset key, made once and kept in the data directory. A node that
-/// restarts with the same key can tell its peers and clients that their connections to its
+/// The QUIC keys a node keeps across restarts.
+struct QuicKeys {
+    /// Signs stateless resets.
+    reset: ring::hmac::Key,
+    /// Keys the hash that connection IDs carry, so that the next process recognises the IDs
+    /// the previous one issued.
+    cid: u64,
+}
+
+/// The node's QUIC keys, derived from a secret made once and kept in the data directory. A
+/// node that restarts with them can tell its peers and clients that their connections to its
 /// previous process are gone (a stateless reset they can verify), so they reconnect at once
-/// instead of waiting for an idle timeout.
-fn reset_key(data_dir: &std::path::Path) -> anyhow::Result<ring::hmac::Key> {
+/// instead of timing out on a dead connection. Both halves are needed: quinn answers a packet
+/// for an unknown connection with a reset only if its connection ID passes the generator's
+/// check, and the default generator's key is new in every process.
+fn quic_keys(data_dir: &std::path::Path) -> anyhow::Result<QuicKeys> {
     use ring::rand::SecureRandom as _;
     let path = data_dir.join(RESET_KEY_FILE);
     let secret = match std::fs::read(&path) {
@@ -669,7 +685,14 @@ fn reset_key(data_dir: &std::path::Path) -> anyhow::Result<ring::hmac::Key> {
         }
         Err(e) => return Err(e.into()),
     };
-    Ok(ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret))
+    let reset = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &secret);
+    let tag = ring::hmac::sign(&reset, b"strata: QUIC connection ID key");
+    let mut cid = [0u8; 8];
+    cid.copy_from_slice(&tag.as_ref()[..8]);
+    Ok(QuicKeys {
+        reset,
+        cid: u64::from_le_bytes(cid),
+    })
 }
 
 /// Drops tombstones past their grace period, once a minute.
@@ -772,5 +795,39 @@ async fn join(cluster: &Cluster, seed: &str) {
         }
         tokio::time::sleep(pause).await;
         pause = (pause * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use quinn_proto::{ConnectionIdGenerator, HashedConnectionIdGenerator};
+
+    use super::*;
+
+    /// A restarted node must recognise the connection IDs its previous process issued (or
+    /// quinn drops their packets instead of answering with a stateless reset) and sign the
+    /// reset with the same key.
+    #[test]
+    fn quic_keys_survive_a_restart_and_differ_between_nodes() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        let before = quic_keys(&a).unwrap();
+        let after = quic_keys(&a).unwrap();
+        let other = quic_keys(&b).unwrap();
+        assert_eq!(before.cid, after.cid);
+        assert_ne!(before.cid, other.cid);
+        let msg = b"connection id";
+        assert_eq!(
+            ring::hmac::sign(&before.reset, msg).as_ref(),
+            ring::hmac::sign(&after.reset, msg).as_ref()
+        );
+
+        let mut previous = HashedConnectionIdGenerator::from_key(before.cid);
+        let issued = previous.generate_cid();
+        let restarted = HashedConnectionIdGenerator::from_key(after.cid);
+        assert!(restarted.validate(&issued).is_ok());
+        let stranger = HashedConnectionIdGenerator::from_key(other.cid);
+        assert!(stranger.validate(&issued).is_err());
     }
 }
