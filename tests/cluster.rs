@@ -107,6 +107,38 @@ where
     }
 }
 
+/// Waits until every member's log has three Raft voters: while the last member's promotion
+/// commits, the group has two, and losing one of them leaves no majority (docs/cluster.md,
+/// "Known limits"). On a slow machine a starved member can delay the promotion (see
+/// `PATIENCE`).
+async fn three_voters(nodes: &[TestNode]) {
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        let voters: Vec<usize> = nodes
+            .iter()
+            .map(|node| {
+                stats_of(node)["cluster"]["raft"]["voters"]
+                    .as_array()
+                    .map_or(0, Vec::len)
+            })
+            .collect();
+        if voters.iter().all(|&v| v == 3) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the group never had three voters everywhere: {voters:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A member's `/stats`.
+fn stats_of(node: &TestNode) -> serde_json::Value {
+    let (_, stats) = node.admin_get("/stats").unwrap();
+    serde_json::from_str(&stats).unwrap()
+}
+
 async fn write_keys(client: &Client, generation: u32) {
     let deadline = Instant::now() + PATIENCE;
     let mut pending: Vec<usize> = (0..KEYS).collect();
@@ -371,30 +403,7 @@ async fn killing_the_raft_leader_elects_another_and_membership_changes_work_agai
     }
     let old = ring.leader.unwrap();
     let index = (old.0 - 1) as usize;
-    // Three voters in every member's log first: while the last member's promotion commits,
-    // the group has two, and losing one of them leaves no majority (docs/cluster.md, "Known
-    // limits"). On a slow machine a starved member can delay the promotion (see `PATIENCE`).
-    let deadline = Instant::now() + PATIENCE;
-    loop {
-        let voters: Vec<usize> = nodes
-            .iter()
-            .map(|node| {
-                let (_, stats) = node.admin_get("/stats").unwrap();
-                let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-                stats["cluster"]["raft"]["voters"]
-                    .as_array()
-                    .map_or(0, Vec::len)
-            })
-            .collect();
-        if voters.iter().all(|&v| v == 3) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the group never had three voters everywhere: {voters:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    three_voters(&nodes).await;
     nodes.remove(index).kill();
     let survivor = addrs[(index + 1) % 3];
     let through = client(&cluster, survivor).await;
@@ -424,4 +433,63 @@ async fn killing_the_raft_leader_elects_another_and_membership_changes_work_agai
         assert!(Instant::now() < deadline, "the new member was not added");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clear_while_a_member_is_down_is_not_undone_when_it_comes_back() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::new().unwrap();
+    let (addrs, mut nodes) = three(&cluster);
+    let admin = client(&cluster, addrs[0]).await;
+    settled(&admin, &[1, 2, 3], Duration::from_secs(60)).await;
+    write_keys(&admin, 1).await;
+    three_voters(&nodes).await;
+
+    // Member 3 keeps its copies on disk (its write-back drained), then dies.
+    let deadline = Instant::now() + PATIENCE;
+    while stats_of(&nodes[2])["write_back"]["pending_keys"].as_u64() != Some(0) {
+        assert!(
+            Instant::now() < deadline,
+            "member 3 never flushed its writes"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    nodes.remove(2).kill();
+    let deadline = Instant::now() + PATIENCE;
+    loop {
+        if let Ok(ring) = admin.refresh_ring().await
+            && ring
+                .member(NodeId(3))
+                .is_some_and(|m| m.state == MemberState::Down)
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "member 3 was never marked down");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // The clear reaches the two live members only.
+    let namespace = ns();
+    let cleared = patiently("clearing", Instant::now() + PATIENCE, || {
+        admin.clear(&namespace, Some("key:*"))
+    })
+    .await;
+    assert_eq!(cleared, KEYS as u64, "every key counted once");
+
+    // Back with its old copies, member 3 owns its partitions again: it must have dropped
+    // them against the clear's tombstones, not served them.
+    let _node3 = cluster.start_member(3, addrs[2], Some(addrs[0])).unwrap();
+    settled(&admin, &[1, 2, 3], PATIENCE).await;
+    let keys: Vec<Key> = (0..KEYS).map(key).collect();
+    let found = patiently("reading the keys", Instant::now() + PATIENCE, || {
+        admin.get_many(&namespace, &keys)
+    })
+    .await;
+    let back: Vec<usize> = (0..KEYS).filter(|&i| found[i].is_some()).collect();
+    assert!(
+        back.is_empty(),
+        "{} cleared keys came back, e.g. {:?}",
+        back.len(),
+        &back[..back.len().min(10)]
+    );
 }

@@ -39,6 +39,9 @@ const MAX_TRANSFER_PAGE: u32 = 10_000;
 /// not copied into a megabyte-sized frame (and out of it again on the client).
 const ANSWER_INLINE_MAX: usize = 1024;
 
+/// Versioned deletes a clear runs at once (each waits for its replicas).
+const CLEAR_CONCURRENCY: usize = 32;
+
 /// Limits the service enforces on requests.
 #[derive(Clone, Debug)]
 pub struct ServiceLimits {
@@ -282,14 +285,10 @@ impl Service {
             }
             Request::Delete { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
-                let (version, existed) = {
-                    let _guard = self.lock_key(&key).await;
-                    let version = self.tick();
-                    self.record_tombstone(&key, version)?;
-                    (version, self.delete(key.clone()).await?)
-                };
-                self.replicate_delete(&key, version).await?;
-                (Response::Deleted(existed), Vec::new())
+                (
+                    Response::Deleted(self.delete_versioned(key).await?),
+                    Vec::new(),
+                )
             }
             Request::Exists { namespace, key } => {
                 let key = entry_key(&namespace, &key)?;
@@ -305,18 +304,29 @@ impl Service {
             Request::Clear { namespace, pattern } => {
                 let namespace = parse_namespace(&namespace)?;
                 let pattern = parse_pattern(pattern.as_deref())?;
-                // In a cluster every member is asked: count only the keys this node owns, so
-                // the sum over members counts each key once; copies held as a replica go too.
+                // In a cluster every member is asked. Each key this node owns is deleted as a
+                // versioned delete: a tombstone here and on its replicas, so that a member
+                // that was down during the clear and comes back with old copies drops them
+                // when it merges (a clear without tombstones would bring them back). Only
+                // those are counted, so the sum over members counts each key once; copies
+                // held as a replica go too, and their owner's delete brings the tombstone.
                 let owned = if self.cluster.is_clustered() {
                     let listed = self
                         .list_keys(namespace.clone(), pattern.clone(), false)
                         .await?;
-                    Some(
-                        listed
-                            .iter()
-                            .filter(|(k, _)| self.owns(&namespace, k))
-                            .count() as u64,
-                    )
+                    let owned: Vec<EntryKey> = listed
+                        .into_iter()
+                        .filter(|(k, _)| self.owns(&namespace, k))
+                        .map(|(k, _)| EntryKey::new(namespace.clone(), k))
+                        .collect();
+                    let count = owned.len() as u64;
+                    use futures::{StreamExt as _, TryStreamExt as _};
+                    futures::stream::iter(owned)
+                        .map(|key| self.delete_versioned(key))
+                        .buffer_unordered(CLEAR_CONCURRENCY)
+                        .try_collect::<Vec<bool>>()
+                        .await?;
+                    Some(count)
                 } else {
                     None
                 };
@@ -1329,6 +1339,19 @@ impl Service {
             self.writers.flush(key);
         }
         Ok(entry)
+    }
+
+    /// Deletes `key` as its owner: a new version, a tombstone for it, the local copies, then
+    /// the same delete on the replicas. Whether the key existed here.
+    async fn delete_versioned(&self, key: EntryKey) -> Outcome<bool> {
+        let (version, existed) = {
+            let _guard = self.lock_key(&key).await;
+            let version = self.tick();
+            self.record_tombstone(&key, version)?;
+            (version, self.delete(key.clone()).await?)
+        };
+        self.replicate_delete(&key, version).await?;
+        Ok(existed)
     }
 
     async fn delete(&self, key: EntryKey) -> Outcome<bool> {
