@@ -15,7 +15,7 @@ mod support;
 use strata_proto::wire::{
     self, ErrorCode, HEADER_LEN, Request, RequestFrame, Response, ResponseFrame,
 };
-use strata_proto::{Frame, FrameFormat, Key, Namespace, Record, Tensor, Value};
+use strata_proto::{Frame, FrameFormat, Key, Namespace, NodeId, Record, Tensor, Value, Version};
 use support::{Cluster, TestNode, strata};
 
 fn ns() -> Namespace {
@@ -35,11 +35,21 @@ async fn client(cluster: &Cluster, node: &TestNode) -> Client {
 /// A raw QUIC connection with the cluster's client certificate, for sending bytes the client
 /// library never would.
 async fn raw_connection(cluster: &Cluster, node: &TestNode) -> quinn::Connection {
+    raw_connection_as(cluster, node, "client").await
+}
+
+/// A raw QUIC connection presenting the certificate `identity` (`client` or `node`) of the
+/// cluster's certificates directory.
+async fn raw_connection_as(
+    cluster: &Cluster,
+    node: &TestNode,
+    identity: &str,
+) -> quinn::Connection {
     strata_node::tls::install_crypto_provider();
     let files = strata_node::tls::TlsFiles {
         ca: cluster.certs().join("ca.pem"),
-        cert: cluster.certs().join("client.pem"),
-        key: cluster.certs().join("client.key"),
+        cert: cluster.certs().join(format!("{identity}.pem")),
+        key: cluster.certs().join(format!("{identity}.key")),
     };
     let mut endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     endpoint.set_default_client_config(strata_node::tls::client_config(&files).unwrap());
@@ -533,4 +543,73 @@ async fn a_large_batch_answer_streams_what_does_not_fit_its_frame() {
         assert_eq!(payload.len(), 200 << 10);
         assert!(payload.iter().all(|&b| b == i as u8), "frame:{i} corrupted");
     }
+}
+
+/// Raft, leases, replication, partition transfers and joining are for members of the
+/// cluster: a client certificate (clientAuth only) is refused with `Forbidden` and changes
+/// nothing; a node certificate (serverAuth too) gets past the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_only_requests_need_a_node_certificate() {
+    let cluster = Cluster::new().unwrap();
+    let node = cluster.start("n1", &[], &[]).unwrap();
+    let c = client(&cluster, &node).await;
+    c.set(
+        &ns(),
+        &key("precious"),
+        Value::from(b"intact".to_vec()),
+        None,
+    )
+    .await
+    .unwrap();
+    let future = Version {
+        physical_ms: u64::MAX / 2,
+        logical: 0,
+        node: NodeId(9),
+    };
+    let members_only = [
+        Request::Lease { node: NodeId(9) },
+        Request::ReplicateDelete {
+            namespace: "default".into(),
+            key: "precious".into(),
+            version: future,
+        },
+        Request::ScanPartitions {
+            receiver: NodeId(9),
+            partitions: vec![0],
+            after: None,
+            limit: 10,
+        },
+        Request::Raft {
+            rpc: strata_proto::wire::RaftRpc::Vote,
+            payload: Bytes::new(),
+        },
+    ];
+    let as_client = raw_connection_as(&cluster, &node, "client").await;
+    for request in members_only.iter().cloned() {
+        assert!(request.members_only(), "{}", request.kind());
+        let frame = RequestFrame {
+            id: 1,
+            epoch: 0,
+            request,
+        };
+        let answer = raw_exchange(&as_client, &wire::encode_frame(&frame)).await;
+        assert_eq!(error_code(&answer), ErrorCode::Forbidden);
+    }
+    let entry = c.get(&ns(), &key("precious")).await.unwrap().unwrap();
+    assert_eq!(entry.value, Value::from(b"intact".to_vec()));
+
+    // The same request with the node certificate reaches the service (which has its own
+    // answer for a node outside a cluster).
+    let as_member = raw_connection_as(&cluster, &node, "node").await;
+    let frame = RequestFrame {
+        id: 2,
+        epoch: 0,
+        request: Request::Lease { node: NodeId(9) },
+    };
+    let answer = raw_exchange(&as_member, &wire::encode_frame(&frame)).await;
+    assert!(
+        !matches!(&answer.response, Response::Error(e) if e.code == ErrorCode::Forbidden),
+        "a member was refused: {:?}",
+        answer.response
+    );
 }

@@ -69,6 +69,8 @@ struct Shared {
     stopping: CancellationToken,
     /// Bytes of requests being received, in KiB permits (`max_inflight_bytes`).
     inflight: Arc<Semaphore>,
+    /// Tells connections from members from those of clients.
+    members: tls::MemberCheck,
 }
 
 /// A node that is serving.
@@ -194,7 +196,9 @@ impl RunningNode {
                 service: Arc::clone(&service),
             },
         );
+        let members = tls::MemberCheck::new(&config.tls.ca).context("loading TLS certificates")?;
         let shared = Arc::new(Shared {
+            members,
             service,
             limits: ReadLimits {
                 max_frame_bytes: limits.max_frame_bytes,
@@ -414,7 +418,16 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
     };
     shared.connections.fetch_add(1, Ordering::Relaxed);
     let _slot = ConnectionSlot(&shared.connections);
-    tracing::debug!(%peer, "connection open");
+    // Members present node certificates; clients may not send members-only requests.
+    let member = connection
+        .peer_identity()
+        .and_then(|identity| {
+            identity
+                .downcast::<Vec<rustls_pki_types::CertificateDer<'static>>>()
+                .ok()
+        })
+        .is_some_and(|chain| shared.members.is_member(&chain));
+    tracing::debug!(%peer, member, "connection open");
     loop {
         let stream = tokio::select! {
             _ = shared.stopping.cancelled() => break,
@@ -423,7 +436,9 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
         match stream {
             Ok((send, recv)) => {
                 let shared2 = Arc::clone(&shared);
-                shared.requests.spawn(serve_stream(send, recv, shared2));
+                shared
+                    .requests
+                    .spawn(serve_stream(send, recv, shared2, member));
             }
             Err(e) => {
                 tracing::debug!(%peer, error = %e, "connection closed");
@@ -433,7 +448,12 @@ async fn serve_connection(incoming: Incoming, shared: Arc<Shared>) {
     }
 }
 
-async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Shared>) {
+async fn serve_stream(
+    mut send: SendStream,
+    mut recv: RecvStream,
+    shared: Arc<Shared>,
+    member: bool,
+) {
     // A peer that opens a stream and then stalls must not hold its slot for ever.
     let deadline = tokio::time::Instant::now() + shared.request_timeout;
     let (frame, bodies, _reserved) =
@@ -450,15 +470,28 @@ async fn serve_stream(mut send: SendStream, mut recv: RecvStream, shared: Arc<Sh
     let kind = request.kind();
     let replica_read = metrics::is_replica_read(&request);
     let span = crate::telemetry::request_span(kind, shared.service.node_id(), trace.as_ref());
-    let (response, bodies) = match tokio::time::timeout(
-        shared.request_timeout,
-        shared
-            .service
-            .handle(frame.epoch, request, bodies)
-            .instrument(span),
-    )
-    .await
-    {
+    let answer = if request.members_only() && !member {
+        Ok((
+            Response::Error(WireError::new(
+                ErrorCode::Forbidden,
+                format!(
+                    "{kind} is for members of the cluster only, and this connection did not \
+                     present a node certificate"
+                ),
+            )),
+            Vec::new(),
+        ))
+    } else {
+        tokio::time::timeout(
+            shared.request_timeout,
+            shared
+                .service
+                .handle(frame.epoch, request, bodies)
+                .instrument(span),
+        )
+        .await
+    };
+    let (response, bodies) = match answer {
         Ok(answer) => answer,
         Err(_) => (
             Response::Error(WireError::new(

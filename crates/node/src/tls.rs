@@ -234,6 +234,44 @@ pub fn client_verifier(ca: &Path) -> Result<Arc<dyn ClientCertVerifier>, TlsErro
         })
 }
 
+/// Tells member certificates from client certificates. Both chain to the cluster CA; only a
+/// member's allows the serverAuth usage (`strata certs init` issues node certificates for
+/// server and client authentication, client certificates for client authentication only;
+/// a PKI of one's own must do the same).
+pub struct MemberCheck {
+    roots: RootCertStore,
+}
+
+impl MemberCheck {
+    /// A check against the CA certificates in `ca`.
+    pub fn new(ca: &Path) -> Result<Self, TlsError> {
+        Ok(Self {
+            roots: load_roots(ca)?,
+        })
+    }
+
+    /// Whether `chain` (end entity first, as the peer presented it) is a member's: it chains
+    /// to the CA and is valid now for serverAuth.
+    pub fn is_member(&self, chain: &[CertificateDer<'_>]) -> bool {
+        let Some((end, intermediates)) = chain.split_first() else {
+            return false;
+        };
+        let Ok(cert) = webpki::EndEntityCert::try_from(end) else {
+            return false;
+        };
+        cert.verify_for_usage(
+            crypto_provider().signature_verification_algorithms.all,
+            &self.roots.roots,
+            intermediates,
+            rustls_pki_types::UnixTime::now(),
+            webpki::KeyUsage::server_auth(),
+            None,
+            None,
+        )
+        .is_ok()
+    }
+}
+
 /// A node's QUIC server configuration: TLS 1.3, ALPN [`ALPN`], the node certificate, and a
 /// client certificate signed by the CA required from every peer; `transport` applied.
 pub fn server_config(

@@ -451,6 +451,26 @@ pub struct TraceContext {
 }
 
 impl Request {
+    /// Whether only members of the cluster may send this request (a node certificate is
+    /// required): Raft, leases, replication, partition transfers and joining. The node
+    /// refuses them from clients with [`ErrorCode::Forbidden`].
+    pub fn members_only(&self) -> bool {
+        match self {
+            Request::Raft { .. }
+            | Request::Propose(_)
+            | Request::Join { .. }
+            | Request::Replicate { .. }
+            | Request::ReplicateDelete { .. }
+            | Request::ScanPartitions { .. }
+            | Request::FetchPartitionEntries { .. }
+            | Request::Lease { .. } => true,
+            Request::Traced { request, .. } => request.members_only(),
+            _ => false,
+        }
+    }
+}
+
+impl Request {
     /// Splits off the trace context of a [`Request::Traced`]; other requests carry none.
     pub fn untraced(self) -> (Request, Option<TraceContext>) {
         match self {
