@@ -49,7 +49,7 @@ use crate::cluster::{Cluster, Start};
 use crate::config::Config;
 use crate::config::WriteMode;
 use crate::metrics::{self, Metrics};
-use crate::service::{Service, ServiceLimits};
+use crate::service::{self, Service, ServiceLimits};
 use crate::tls;
 use crate::tombstones::Tombstones;
 use crate::writeback::Pending;
@@ -173,7 +173,7 @@ impl RunningNode {
             clock,
             ServiceLimits {
                 max_value_bytes: limits.max_value_bytes,
-                inline_limit: limits.chunk_bytes,
+                inline_limit: limits.chunk_bytes.min(service::ANSWER_INLINE_MAX),
                 max_batch_keys: limits.max_batch_keys,
                 answer_inline_budget: limits.max_frame_bytes as usize / 2,
             },

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::{StreamExt as _, TryStreamExt as _};
 use parking_lot::Mutex;
 use strata_proto::ring::{PartitionId, partition_of};
 use strata_proto::wire::{
@@ -34,10 +35,11 @@ const KEY_LOCKS: u32 = 1024;
 /// Most entries in one page of a partition transfer (versions listed, or entries fetched).
 const MAX_TRANSFER_PAGE: u32 = 10_000;
 
-/// Largest payload an answer carries inside its frame. Larger ones follow the frame as
-/// streamed bodies, written from the store's own buffers: a batch of 4 KiB embeddings is then
-/// not copied into a megabyte-sized frame (and out of it again on the client).
-const ANSWER_INLINE_MAX: usize = 1024;
+/// Largest payload an answer carries inside its frame (the default of
+/// [`ServiceLimits::inline_limit`]). Larger ones follow the frame as streamed bodies, written
+/// from the store's own buffers: a batch of 4 KiB embeddings is then not copied into a
+/// megabyte-sized frame (and out of it again on the client).
+pub const ANSWER_INLINE_MAX: usize = 1024;
 
 /// Versioned deletes a clear runs at once (each waits for its replicas).
 const CLEAR_CONCURRENCY: usize = 32;
@@ -320,7 +322,6 @@ impl Service {
                         .map(|(k, _)| EntryKey::new(namespace.clone(), k))
                         .collect();
                     let count = owned.len() as u64;
-                    use futures::{StreamExt as _, TryStreamExt as _};
                     futures::stream::iter(owned)
                         .map(|key| self.delete_versioned(key))
                         .buffer_unordered(CLEAR_CONCURRENCY)
@@ -714,7 +715,6 @@ impl Service {
         request: Request,
         bodies: Vec<Bytes>,
     ) -> Outcome<()> {
-        use futures::StreamExt;
         let targets = self.cluster.write_targets(partition);
         if targets.is_empty() {
             return Ok(());
@@ -1115,22 +1115,7 @@ impl Service {
         let page: Vec<EntryKey> = keys[start..].iter().take(limit).cloned().collect();
         let more = keys.len() > start + page.len();
         let now = self.clock.now();
-        let pending: Vec<Option<EntryMeta>> = page
-            .iter()
-            .map(|k| self.pending_entry(k).map(|e| e.meta))
-            .collect();
-        let read = page.clone();
-        let metas = self
-            .blocking(move |store| {
-                read.iter()
-                    .zip(pending)
-                    .map(|(key, pending)| match pending {
-                        Some(meta) => Ok(Some(meta)),
-                        None => store.metadata(key),
-                    })
-                    .collect::<strata_store::Result<Vec<_>>>()
-            })
-            .await?;
+        let metas = self.held_metadata(page.clone()).await?;
         let versions = page
             .iter()
             .zip(metas)
@@ -1258,27 +1243,39 @@ impl Service {
         &self,
         versions: Vec<(String, String, Version)>,
     ) -> Outcome<Vec<(String, String)>> {
-        let mut candidates = Vec::with_capacity(versions.len());
+        let mut keys = Vec::with_capacity(versions.len());
+        let mut listed = Vec::with_capacity(versions.len());
         for (namespace, key, version) in versions {
             let entry_key = entry_key(&namespace, &key)?;
-            if self.tombstones.covers(&entry_key, version) {
-                continue;
+            if !self.tombstones.covers(&entry_key, version) {
+                keys.push(entry_key);
+                listed.push((namespace, key, version));
             }
-            let pending = self.pending_entry(&entry_key).map(|e| e.meta.version);
-            candidates.push((entry_key, version, pending));
         }
+        let held = self.held_metadata(keys).await?;
+        Ok(listed
+            .into_iter()
+            .zip(held)
+            .filter(|((_, _, version), held)| held.as_ref().is_none_or(|h| h.version < *version))
+            .map(|((namespace, key, _), _)| (namespace, key))
+            .collect())
+    }
+
+    /// The metadata this node holds for each of `keys`: of the write-back's pending version
+    /// if there is one, else of the tiers (read in one blocking call).
+    async fn held_metadata(&self, keys: Vec<EntryKey>) -> Outcome<Vec<Option<EntryMeta>>> {
+        let pending: Vec<Option<EntryMeta>> = keys
+            .iter()
+            .map(|k| self.pending_entry(k).map(|e| e.meta))
+            .collect();
         self.blocking(move |store| {
-            let mut wanted = Vec::new();
-            for (key, version, pending) in candidates {
-                let held = match pending {
-                    Some(held) => Some(held),
-                    None => store.metadata(&key)?.map(|m| m.version),
-                };
-                if held.is_none_or(|held| held < version) {
-                    wanted.push((key.namespace.to_string(), key.key.to_string()));
-                }
-            }
-            Ok(wanted)
+            keys.iter()
+                .zip(pending)
+                .map(|(key, pending)| match pending {
+                    Some(meta) => Ok(Some(meta)),
+                    None => store.metadata(key),
+                })
+                .collect::<strata_store::Result<Vec<_>>>()
         })
         .await
     }
@@ -1295,7 +1292,7 @@ impl Service {
     fn wire_entry(&self, entry: Entry, out: &mut Vec<Bytes>, budget: &mut usize) -> WireEntry {
         let size = usize::try_from(entry.meta.size_bytes).unwrap_or(usize::MAX);
         let inline_limit = if size <= *budget {
-            self.limits.inline_limit.min(ANSWER_INLINE_MAX)
+            self.limits.inline_limit
         } else {
             0
         };

@@ -364,17 +364,20 @@ impl Tensor {
     /// An owned `ndarray` copy of the tensor; works for any alignment and endianness.
     pub fn to_array<A: Element>(&self) -> Result<ArrayD<A>> {
         self.check::<A>()?;
-        if let Ok(slice) = self.as_slice::<A>() {
+        let values: Vec<A> = match self.as_slice::<A>() {
             // Aligned little-endian data (the usual case): one copy, no zeroing first.
-            return ArrayD::from_shape_vec(IxDyn(&self.shape), slice.to_vec())
-                .map_err(|e| Error::InvalidValue(format!("tensor shape: {e}")));
-        }
-        let mut values: Vec<A> = vec![A::zeroed(); self.len()];
-        bytemuck::cast_slice_mut::<A, u8>(&mut values).copy_from_slice(&self.data);
-        #[cfg(target_endian = "big")]
-        for v in bytemuck::cast_slice_mut::<A, u8>(&mut values).chunks_mut(A::DTYPE.size()) {
-            v.reverse();
-        }
+            Ok(slice) => slice.to_vec(),
+            Err(_) => {
+                let mut values = vec![A::zeroed(); self.len()];
+                bytemuck::cast_slice_mut::<A, u8>(&mut values).copy_from_slice(&self.data);
+                #[cfg(target_endian = "big")]
+                for v in bytemuck::cast_slice_mut::<A, u8>(&mut values).chunks_mut(A::DTYPE.size())
+                {
+                    v.reverse();
+                }
+                values
+            }
+        };
         ArrayD::from_shape_vec(IxDyn(&self.shape), values)
             .map_err(|e| Error::InvalidValue(format!("tensor shape: {e}")))
     }

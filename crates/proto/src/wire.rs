@@ -468,9 +468,7 @@ impl Request {
             _ => false,
         }
     }
-}
 
-impl Request {
     /// Splits off the trace context of a [`Request::Traced`]; other requests carry none.
     pub fn untraced(self) -> (Request, Option<TraceContext>) {
         match self {

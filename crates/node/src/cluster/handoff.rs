@@ -281,9 +281,7 @@ pub async fn pull(
         let wanted = service.missing(versions).await?;
         let mut batches = wanted
             .chunks(entries_per_fetch.max(1) as usize)
-            .map(<[_]>::to_vec)
-            .collect::<Vec<_>>()
-            .into_iter();
+            .map(<[_]>::to_vec);
         let mut fetching = batches.next().map(fetch);
         while let Some(current) = fetching.take() {
             let (response, bodies) = current.await??;
