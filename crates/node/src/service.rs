@@ -473,7 +473,7 @@ impl Service {
                 self.fetch_partition_entries(receiver, partitions, keys)
                     .await?
             }
-            Request::Lease { node } => (self.cluster.grant_lease(node)?, Vec::new()),
+            Request::Lease { node } => (self.cluster.grant_lease(node).await?, Vec::new()),
             Request::Compute {
                 namespace,
                 key,

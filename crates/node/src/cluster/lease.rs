@@ -34,11 +34,16 @@
 //! confirmed the old leader's last lease, given an election timeout (> `lease_ms`) after that
 //! member's last heartbeat: so when the new leader takes office, the old leader's lease and
 //! every lease it granted (each bounded by its own) have run out. A member the new leader has
-//! not heard from therefore holds no lease at all, and is marked down once it has had
+//! not heard from therefore holds no lease at all. The **old leader** is marked down at once,
+//! as soon as the new leader's own lease is confirmed: it was out of touch with a majority for
+//! an election timeout (a healthy leader cannot be voted out, as its voters refuse to vote
+//! while they hear from it), so its partitions move right after the election, not a failure
+//! timeout later. Any other member is marked down once it has had
 //! [`takeover grace`](Leases::takeover_grace) (half the failure timeout, several lease
 //! renewals) to learn of the new leader; a member that has asked it for a lease gets the full
-//! `failure_timeout_ms` after its last request, as usual. So a dead leader's partitions move
-//! about half a failure timeout after the election, not a whole one.
+//! `failure_timeout_ms` after its last request, as usual. Members ask the new leader for a
+//! lease as soon as they learn of it, and the new leader acts on its office as soon as it is
+//! elected, not at its next heartbeat.
 //!
 //! Leases are also how a member that comes back is kept from answering too early: a node
 //! that restarts with its data directory serves nothing until its [`Command::Restarted`]
@@ -62,6 +67,15 @@ use crate::raft::Command;
 /// How long a rejoining node waits to apply the epoch that took it back.
 const REJOIN_WAIT: Duration = Duration::from_secs(10);
 
+/// A term this node leads in.
+#[derive(Clone, Copy, Debug)]
+struct Term {
+    term: u64,
+    since: Instant,
+    /// The leader of an earlier term that this node followed, if any.
+    previous: Option<NodeId>,
+}
+
 /// Follower and leader sides of the lease protocol.
 pub struct Leases {
     lease_ms: u64,
@@ -77,8 +91,11 @@ pub struct Leases {
     rejoined: AtomicBool,
     /// Leader side: when each member last asked for a lease.
     contacts: Mutex<HashMap<NodeId, Instant>>,
-    /// Leader side: the term this node leads in, and since when.
-    leading: Mutex<Option<(u64, Instant)>>,
+    /// Leader side: the term this node leads in, since when, and the leader it followed
+    /// before (marked down without grace unless it asks for a lease).
+    leading: Mutex<Option<Term>>,
+    /// Follower side: the last leader this node followed, and in which term.
+    followed: Mutex<Option<(u64, NodeId)>>,
     /// Members marked down by this leader, to avoid proposing twice.
     proposed_down: Mutex<HashMap<NodeId, Instant>>,
     /// Times the lease ran out before it was renewed (for metrics), and whether it was
@@ -100,6 +117,7 @@ impl Leases {
             rejoined: AtomicBool::new(!restarted),
             contacts: Mutex::new(HashMap::new()),
             leading: Mutex::new(None),
+            followed: Mutex::new(None),
             proposed_down: Mutex::new(HashMap::new()),
             lapses: AtomicU64::new(0),
             was_valid: AtomicBool::new(false),
@@ -150,29 +168,62 @@ impl Leases {
 
     /// Which of `members` (live, not this leader) to mark down at `now`, for a leader in
     /// office `since` that last heard from them at `contacts`: a member this leader has
-    /// granted a lease to after the failure timeout without a request, one it has never
-    /// heard from after the [takeover grace](Leases::takeover_grace) (any lease it holds came
-    /// from an earlier leader and has run out: see the module documentation).
+    /// granted a lease to after the failure timeout without a request; the `previous` leader
+    /// at once if it has not asked for a lease; any other member it has never heard from
+    /// after the [takeover grace](Leases::takeover_grace). (Any lease a member holds that did
+    /// not come from this leader came from an earlier one and has run out: see the module
+    /// documentation.)
     pub fn silent(
         &self,
         members: impl IntoIterator<Item = NodeId>,
         contacts: &HashMap<NodeId, Instant>,
         since: Instant,
+        previous: Option<NodeId>,
         now: Instant,
     ) -> Vec<NodeId> {
-        let grace = self.takeover_grace();
-        if now.saturating_duration_since(since) < grace {
-            return Vec::new();
-        }
+        let in_office = now.saturating_duration_since(since);
         members
             .into_iter()
             .filter(|m| match contacts.get(m) {
                 Some(&last) => {
                     now.saturating_duration_since(last.max(since)) > self.failure_timeout
                 }
-                None => now.saturating_duration_since(since) > grace,
+                None => previous == Some(*m) || in_office > self.takeover_grace(),
             })
             .collect()
+    }
+
+    /// Leader side: the term this node leads in, starting it (no contacts yet) if `term` is
+    /// new. Both the leader's duties and lease grants go through here, so every lease granted
+    /// in a term is in that term's contacts.
+    fn lead_term(&self, term: u64, me: NodeId) -> Term {
+        let mut leading = self.leading.lock();
+        match *leading {
+            Some(t) if t.term == term => t,
+            _ => {
+                self.contacts.lock().clear();
+                self.proposed_down.lock().clear();
+                let previous = match *self.followed.lock() {
+                    Some((t, leader)) if t < term && leader != me => Some(leader),
+                    _ => None,
+                };
+                let started = Term {
+                    term,
+                    since: Instant::now(),
+                    previous,
+                };
+                *leading = Some(started);
+                started
+            }
+        }
+    }
+
+    /// Follower side: notes the leader this node follows in `term`.
+    fn follow(&self, term: u64, leader: Option<u64>) {
+        *self.leading.lock() = None;
+        if let Some(leader) = leader {
+            *self.followed.lock() = Some((term, NodeId(leader)));
+        }
     }
 
     /// The epoch the leader had at the last grant.
@@ -216,8 +267,10 @@ impl Cluster {
             .map_err(|why| WireError::new(ErrorCode::NotReady, why))
     }
 
-    /// Answers a member's lease request (only the Raft leader grants leases).
-    pub fn grant_lease(&self, node: NodeId) -> Result<Response, WireError> {
+    /// Answers a member's lease request (only the Raft leader grants leases). A leader that
+    /// has just taken office confirms its own lease first, so members that ask it at once
+    /// are not turned away until its next heartbeat.
+    pub async fn grant_lease(&self, node: NodeId) -> Result<Response, WireError> {
         let raft = self.raft_or_refuse()?;
         let metrics = raft.metrics().borrow().clone();
         if metrics.state != ServerState::Leader {
@@ -226,6 +279,11 @@ impl Cluster {
                 "leases are granted by the Raft leader only",
             ));
         }
+        let term = metrics.current_term;
+        self.leases.lead_term(term, self.id());
+        if self.leases.own_until(term).is_none() {
+            self.confirm_leadership(raft, term).await;
+        }
         let now = Instant::now();
         self.leases.contacts.lock().insert(node, now);
         let state = self.state();
@@ -233,21 +291,62 @@ impl Cluster {
             .members
             .get(&node)
             .is_some_and(|m| m.state != MemberState::Down);
-        let granted_ms = match self.leases.own_until(metrics.current_term) {
+        let granted_ms = match self.leases.own_until(term) {
             Some(until) if known => until.saturating_duration_since(now).as_millis() as u64,
             _ => 0,
         };
         Ok(Response::Lease {
-            term: metrics.current_term,
+            term,
             epoch: state.epoch,
             granted_ms: granted_ms.min(self.leases.lease_ms),
         })
+    }
+
+    /// Leader side: confirms this leader's own lease in `term` through a quorum's
+    /// acknowledgement of heartbeats sent from now, and takes it as this node's lease too;
+    /// until when it runs, or `None` (the lease is revoked) if no quorum answered within a
+    /// lease.
+    async fn confirm_leadership(
+        &self,
+        raft: &openraft::Raft<crate::raft::TypeConfig>,
+        term: u64,
+    ) -> Option<Instant> {
+        let sent = Instant::now();
+        let lease = Duration::from_millis(self.leases.lease_ms);
+        let confirmed = matches!(
+            tokio::time::timeout(lease, raft.get_read_log_id()).await,
+            Ok(Ok(_))
+        );
+        let own = confirmed.then_some(sent + lease);
+        {
+            let mut leader_until = self.leases.leader_until.lock();
+            match (own, *leader_until) {
+                // A confirmation that finished later but started earlier changes nothing.
+                (Some(until), Some((t, held))) if t == term && held >= until => {}
+                _ => *leader_until = own.map(|until| (term, until)),
+            }
+        }
+        match own {
+            Some(until) => {
+                let state = self.state();
+                let mut held = self.leases.until.lock();
+                if held.is_none_or(|h| h < until) {
+                    *held = Some(until);
+                }
+                self.leases
+                    .granted_epoch
+                    .fetch_max(state.epoch, Ordering::AcqRel);
+            }
+            None => self.leases.revoke(),
+        }
+        own
     }
 }
 
 /// Renews this node's lease every heartbeat and, on the leader, marks silent members down;
 /// brings this node back into the cluster after a restart or a mark-down. Runs until the
-/// node leaves.
+/// node leaves. A change of Raft leader or term is acted on at once: the new leader takes up
+/// its duties and the others ask it for a lease, without waiting for the next heartbeat.
 pub async fn run(cluster: Arc<Cluster>) {
     let Some(raft) = cluster.raft().cloned() else {
         return;
@@ -256,24 +355,38 @@ pub async fn run(cluster: Arc<Cluster>) {
     let mut tick = tokio::time::interval(every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let left = cluster.left();
+    let mut metrics = raft.metrics();
+    // The (term, leader) acted on last: other metrics changes wait for the tick.
+    let mut seen: Option<(u64, Option<u64>)> = None;
     let mut last_rejoin: Option<Instant> = None;
     // The rejoin runs beside the loop: waiting for its epoch must not stop the renewals, or
     // the leader, hearing nothing, marks the restarted node down again.
     let mut rejoining: Option<tokio::task::JoinHandle<()>> = None;
     loop {
-        tokio::select! {
+        let ticked = tokio::select! {
             _ = left.cancelled() => return,
-            _ = tick.tick() => {}
+            _ = tick.tick() => true,
+            changed = metrics.changed() => {
+                if changed.is_err() {
+                    return; // Raft has shut down.
+                }
+                false
+            }
+        };
+        let now = metrics.borrow_and_update().clone();
+        let office = (now.current_term, now.current_leader);
+        if !ticked && seen == Some(office) {
+            continue;
         }
+        seen = Some(office);
         cluster.leases.note_validity();
-        let metrics = raft.metrics().borrow().clone();
         let me = cluster.id();
-        if metrics.state == ServerState::Leader && metrics.current_leader == Some(me.0) {
-            lead(&cluster, &raft, metrics.current_term).await;
+        if now.state == ServerState::Leader && now.current_leader == Some(me.0) {
+            lead(&cluster, &raft, now.current_term).await;
         } else {
-            *cluster.leases.leading.lock() = None;
+            cluster.leases.follow(now.current_term, now.current_leader);
             // Renewals overlap: one slow answer does not hold up the next request.
-            let (cluster, leader) = (Arc::clone(&cluster), metrics.current_leader);
+            let (cluster, leader) = (Arc::clone(&cluster), now.current_leader);
             tokio::spawn(async move { renew(&cluster, leader).await });
         }
         if rejoining.as_ref().is_none_or(|r| r.is_finished())
@@ -322,56 +435,35 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
     // A new term starts with no contacts, before this node can grant anything in it (grants
     // need the lease confirmed below): so every lease a member holds from this leader shows
     // in `contacts`.
-    let since = {
-        let mut leading = cluster.leases.leading.lock();
-        match *leading {
-            Some((t, since)) if t == term => since,
-            _ => {
-                cluster.leases.contacts.lock().clear();
-                cluster.leases.proposed_down.lock().clear();
-                let now = Instant::now();
-                *leading = Some((term, now));
-                now
-            }
-        }
-    };
-    // Confirmed by a quorum's acknowledgement of heartbeats sent after `sent`.
-    let sent = Instant::now();
-    let lease = Duration::from_millis(cluster.leases.lease_ms);
-    let confirmed = matches!(
-        tokio::time::timeout(lease, raft.get_read_log_id()).await,
-        Ok(Ok(_))
-    );
-    let own = confirmed.then_some(sent + lease);
-    *cluster.leases.leader_until.lock() = own.map(|until| (term, until));
+    let office = cluster.leases.lead_term(term, cluster.id());
+    let own = cluster.confirm_leadership(raft, term).await;
     let now = Instant::now();
-    let me = cluster.id();
-    match own {
-        Some(until) => {
-            let state = cluster.state();
-            let mut held = cluster.leases.until.lock();
-            *held = Some(until);
-            cluster
-                .leases
-                .granted_epoch
-                .fetch_max(state.epoch, Ordering::AcqRel);
-        }
-        None => cluster.leases.revoke(),
-    }
-    // Only a leader that a majority is in contact with judges the others, and one that has
-    // just taken over gives every member time to learn of it first.
+    // Only a leader that a majority is in contact with judges the others.
     if own.is_none_or(|u| u <= now) {
         return;
     }
+    let me = cluster.id();
     let state = cluster.state();
+    // The previous leader is judged at once only while it is an active member: one that is
+    // joining or leaving is busy with a hand-off, and gets the grace like any other.
+    let previous = office.previous.filter(|p| {
+        state
+            .members
+            .get(p)
+            .is_some_and(|m| m.state == MemberState::Active)
+    });
     let live = state
         .members
         .values()
         .filter(|m| m.id != me && m.state != MemberState::Down)
         .map(|m| m.id);
-    let silent = cluster
-        .leases
-        .silent(live, &cluster.leases.contacts.lock(), since, now);
+    let silent = cluster.leases.silent(
+        live,
+        &cluster.leases.contacts.lock(),
+        office.since,
+        previous,
+        now,
+    );
     for node in silent {
         {
             let mut proposed = cluster.leases.proposed_down.lock();
@@ -383,7 +475,11 @@ async fn lead(cluster: &Cluster, raft: &openraft::Raft<crate::raft::TypeConfig>,
             }
             proposed.insert(node, now);
         }
-        tracing::warn!(member = %node, "no lease request within the failure timeout: marking it down");
+        if previous == Some(node) {
+            tracing::warn!(member = %node, "the previous Raft leader has not asked this one for a lease: marking it down");
+        } else {
+            tracing::warn!(member = %node, "no lease request within the failure timeout: marking it down");
+        }
         let at_ms = strata_proto::Timestamp::now().as_millis();
         if let Err(e) = cluster.propose(Command::MarkDown { node, at_ms }).await {
             tracing::warn!(member = %node, error = %e, "could not mark a member down");
@@ -452,20 +548,66 @@ mod tests {
         // Within the grace nobody is judged.
         assert!(
             leases
-                .silent([a, b], &contacts, since, since + 400 * MS)
+                .silent([a, b], &contacts, since, None, since + 400 * MS)
                 .is_empty()
         );
         // After it, the member that never asked is down; the one that asked is not.
         assert_eq!(
-            leases.silent([a, b], &contacts, since, since + 600 * MS),
+            leases.silent([a, b], &contacts, since, None, since + 600 * MS),
             [b]
         );
         // The one that asked gets a full failure timeout after its last request.
         assert_eq!(
-            leases.silent([a], &contacts, since, since + 1050 * MS),
+            leases.silent([a], &contacts, since, None, since + 1050 * MS),
             Vec::<NodeId>::new()
         );
-        assert_eq!(leases.silent([a], &contacts, since, since + 1150 * MS), [a]);
+        assert_eq!(
+            leases.silent([a], &contacts, since, None, since + 1150 * MS),
+            [a]
+        );
+    }
+
+    #[test]
+    fn the_previous_leader_is_marked_down_at_once_unless_it_asked_for_a_lease() {
+        let leases = Leases::new(750, 1000, false);
+        let since = Instant::now();
+        let (old, other) = (NodeId(1), NodeId(3));
+        let none = HashMap::new();
+        // Right after the election: the old leader is down, the other member has its grace.
+        assert_eq!(
+            leases.silent([old, other], &none, since, Some(old), since + MS),
+            [old]
+        );
+        // An old leader that has asked this one for a lease is judged like any member.
+        let asked = HashMap::from([(old, since + 10 * MS)]);
+        assert!(
+            leases
+                .silent([old, other], &asked, since, Some(old), since + 20 * MS)
+                .is_empty()
+        );
+        assert_eq!(
+            leases.silent([old], &asked, since, Some(old), since + 1020 * MS),
+            [old]
+        );
+    }
+
+    #[test]
+    fn a_new_term_forgets_contacts_and_remembers_the_leader_it_followed() {
+        let leases = Leases::new(750, 1000, false);
+        let me = NodeId(2);
+        leases.follow(4, Some(1));
+        let term = leases.lead_term(5, me);
+        assert_eq!(term.previous, Some(NodeId(1)));
+        leases.contacts.lock().insert(NodeId(3), Instant::now());
+        // The same term keeps its contacts and start.
+        let again = leases.lead_term(5, me);
+        assert_eq!(again.since, term.since);
+        assert_eq!(leases.contacts.lock().len(), 1);
+        // A later term starts afresh, and this node is never its own previous leader.
+        leases.follow(6, Some(2));
+        let later = leases.lead_term(7, me);
+        assert_eq!(later.previous, None);
+        assert!(leases.contacts.lock().is_empty());
     }
 
     #[test]
@@ -476,11 +618,11 @@ mod tests {
         let contacts = HashMap::from([(NodeId(2), before)]);
         assert!(
             leases
-                .silent([NodeId(2)], &contacts, since, since + 900 * MS)
+                .silent([NodeId(2)], &contacts, since, None, since + 900 * MS)
                 .is_empty()
         );
         assert_eq!(
-            leases.silent([NodeId(2)], &contacts, since, since + 1100 * MS),
+            leases.silent([NodeId(2)], &contacts, since, None, since + 1100 * MS),
             [NodeId(2)]
         );
     }
