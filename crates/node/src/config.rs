@@ -288,25 +288,29 @@ pub struct ClusterConfig {
     /// writes and replicas do not answer reads.
     pub write_quorum: u32,
     /// Silence after which the Raft leader declares a member down and hands its partitions
-    /// to their replicas (ms). Default 1000.
+    /// to their replicas (ms). Default 800: a killed member's keys take writes again within
+    /// about 1 s.
     pub failure_timeout_ms: u64,
     /// Ownership lease (ms): a member answers for its partitions only within this time of
     /// its last confirmed contact with the leader (which itself needs a majority). Must be
     /// below `failure_timeout_ms`, so that a frozen or cut-off member stops answering before
     /// the leader gives its partitions away, and below `election_timeout_ms`, so that no
-    /// new leader can be elected while a lease granted by the old one lasts. Default 750.
+    /// new leader can be elected while a lease granted by the old one lasts. Default 500
+    /// (five renewals).
     pub lease_ms: u64,
     /// How long a delete's tombstone is kept (s). A member down longer than this discards
     /// its data when it comes back instead of merging it. Default 86400 (24 h).
     pub tombstone_grace_secs: u64,
-    /// Raft heartbeat interval (ms); members also renew their leases this often. Default
-    /// 250.
+    /// Raft heartbeat interval (ms); members also renew their leases this often. openraft
+    /// checks its timers every 1.5 heartbeats, so the leader's heartbeats go out that often
+    /// and elections start on that grid. Default 100.
     pub heartbeat_ms: u64,
     /// Raft election timeout (ms): a voter that has heard from a leader within this time
     /// refuses to vote for another, and a follower that hears nothing for a random time
-    /// between 1.5 and 2 times this starts an election. Default 1000: a dead leader is
-    /// replaced 1.5–2 s after its last heartbeat, while a leader slowed down for a moment (a
-    /// busy machine) keeps its office.
+    /// between 1.5 and 2 times this (checked every 1.5 heartbeats) starts an election.
+    /// Default 700: a dead leader is replaced 1.05–1.55 s after its last heartbeat, so its
+    /// keys take writes again within 2 s of its death, while a leader whose heartbeats are
+    /// late by several intervals (a busy machine) keeps its office.
     pub election_timeout_ms: u64,
     /// How long a request that carries a newer ring epoch than the node's waits for the
     /// node to catch up before it is answered by the node's own ring (ms). Default 1000.
@@ -334,11 +338,11 @@ impl Default for ClusterConfig {
             vnodes: strata_proto::ring::DEFAULT_VNODES,
             replication: strata_proto::ring::DEFAULT_REPLICATION,
             write_quorum: 2,
-            failure_timeout_ms: 1000,
-            lease_ms: 750,
+            failure_timeout_ms: 800,
+            lease_ms: 500,
             tombstone_grace_secs: 86_400,
-            heartbeat_ms: 250,
-            election_timeout_ms: 1000,
+            heartbeat_ms: 100,
+            election_timeout_ms: 700,
             epoch_wait_ms: 1000,
             transfer_bytes_per_sec: 64 << 20,
             transfer_page_entries: 256,

@@ -649,7 +649,8 @@ async fn start_cluster(
         heartbeat_interval: c.heartbeat_ms,
         // openraft refuses votes for `election_timeout_max` after a heartbeat (its leader
         // lease, which must outlast our ownership leases) and a follower starts an election
-        // after that plus a random `min..max`: 1.5–2 × `election_timeout_ms` in all.
+        // after that plus a random `min..max`: 1.5–2 × `election_timeout_ms` in all, at the
+        // first of its timer ticks (every 1.5 × `heartbeat_interval`) after that.
         election_timeout_min: c.election_timeout_ms / 2,
         election_timeout_max: c.election_timeout_ms,
         install_snapshot_timeout: 10_000,
