@@ -112,28 +112,34 @@ where
 /// "Known limits"). On a slow machine a starved member can delay the promotion (see
 /// `PATIENCE`).
 async fn three_voters(nodes: &[TestNode]) {
+    voters_everywhere(nodes, 3).await;
+}
+
+/// Waits until every member's log has `n` Raft voters in a configuration that is not joint.
+async fn voters_everywhere(nodes: &[TestNode], n: usize) {
     let deadline = Instant::now() + PATIENCE;
     loop {
-        let voters: Vec<usize> = nodes
+        let seen: Vec<(usize, bool)> = nodes
             .iter()
             .map(|node| {
-                stats_of(node)["cluster"]["raft"]["voters"]
-                    .as_array()
-                    .map_or(0, Vec::len)
+                let raft = &stats_of(node)["cluster"]["raft"];
+                (
+                    raft["voters"].as_array().map_or(0, Vec::len),
+                    raft["joint"].as_bool().unwrap_or(true),
+                )
             })
             .collect();
-        if voters.iter().all(|&v| v == 3) {
+        if seen.iter().all(|&(voters, joint)| voters == n && !joint) {
             return;
         }
         assert!(
             Instant::now() < deadline,
-            "the group never had three voters everywhere: {voters:?}"
+            "the group never had {n} voters, not joint, everywhere: (voters, joint) {seen:?}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 
-/// A member's `/stats`.
 fn stats_of(node: &TestNode) -> serde_json::Value {
     let (_, stats) = node.admin_get("/stats").unwrap();
     serde_json::from_str(&stats).unwrap()
@@ -229,6 +235,29 @@ async fn three_nodes_serve_every_key_to_a_client_that_knows_one_seed() {
         KEYS,
         "keys are listed once each, cluster-wide"
     );
+}
+
+/// Four members joining at once: each join adds a Raft learner and then promotes voters in
+/// two steps (a joint configuration, then the new one). A learner added between those steps
+/// used to make the second one fail and leave the joint configuration in place for good, with
+/// the later members never voting: then losing one early voter stalled the whole cluster (seen
+/// in the chaos suite's freeze and kill-two scenarios).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn members_that_join_at_once_all_become_voters() {
+    let _serial = SERIAL.lock().await;
+    let cluster = Cluster::new().unwrap();
+    let addrs: Vec<SocketAddr> = (0..5).map(|_| free_udp_port().unwrap()).collect();
+    let mut nodes = vec![cluster.start_member(1, addrs[0], None).unwrap()];
+    for (i, addr) in addrs.iter().enumerate().skip(1) {
+        nodes.push(
+            cluster
+                .start_member(i as u64 + 1, *addr, Some(addrs[0]))
+                .unwrap(),
+        );
+    }
+    let admin = client(&cluster, addrs[0]).await;
+    settled(&admin, &[1, 2, 3, 4, 5], Duration::from_secs(90)).await;
+    voters_everywhere(&nodes, 5).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

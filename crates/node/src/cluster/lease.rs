@@ -67,6 +67,10 @@ use crate::raft::Command;
 /// How long a rejoining node waits to apply the epoch that took it back.
 const REJOIN_WAIT: Duration = Duration::from_secs(10);
 
+/// How often the leader checks Raft's voters against the members (besides every ring
+/// change): a change that could not be made, or was left half done, is retried.
+const BALANCE_EVERY: Duration = Duration::from_secs(1);
+
 /// A term this node leads in.
 #[derive(Clone, Copy, Debug)]
 struct Term {
@@ -359,6 +363,7 @@ pub async fn run(cluster: Arc<Cluster>) {
     // The (term, leader) acted on last: other metrics changes wait for the tick.
     let mut seen: Option<(u64, Option<u64>)> = None;
     let mut last_rejoin: Option<Instant> = None;
+    let mut last_balance: Option<Instant> = None;
     // The rejoin runs beside the loop: waiting for its epoch must not stop the renewals, or
     // the leader, hearing nothing, marks the restarted node down again.
     let mut rejoining: Option<tokio::task::JoinHandle<()>> = None;
@@ -383,6 +388,11 @@ pub async fn run(cluster: Arc<Cluster>) {
         let me = cluster.id();
         if now.state == ServerState::Leader && now.current_leader == Some(me.0) {
             lead(&cluster, &raft, now.current_term).await;
+            if last_balance.is_none_or(|at| at.elapsed() >= BALANCE_EVERY) {
+                last_balance = Some(Instant::now());
+                let cluster = Arc::clone(&cluster);
+                tokio::spawn(async move { cluster.balance_voters().await });
+            }
         } else {
             cluster.leases.follow(now.current_term, now.current_leader);
             // Renewals overlap: one slow answer does not hold up the next request.

@@ -91,6 +91,10 @@ pub struct Cluster {
     pub(crate) drops: tokio::sync::Mutex<()>,
     /// How many times each partition's local copy was dropped.
     pub(crate) dropped: DropLedger,
+    /// Held while this node changes Raft's membership (a learner added for a join, voters
+    /// balanced): openraft refuses a change while another is uncommitted, and one refused
+    /// between the two steps of a voter change leaves a joint configuration behind.
+    membership_changes: tokio::sync::Mutex<()>,
 }
 
 /// How many times this node has dropped its local copy of each partition.
@@ -143,6 +147,7 @@ impl Cluster {
             leases: Leases::new(1, 2, false),
             drops: tokio::sync::Mutex::new(()),
             dropped: DropLedger::default(),
+            membership_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -173,6 +178,7 @@ impl Cluster {
             leases,
             drops: tokio::sync::Mutex::new(()),
             dropped: DropLedger::default(),
+            membership_changes: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -467,7 +473,10 @@ impl Cluster {
             addr: member.addr.clone(),
             admin: member.admin.clone(),
         };
-        let learner = tokio::time::timeout(JOIN_TIMEOUT, raft.add_learner(member.id.0, node, true));
+        let learner = tokio::time::timeout(JOIN_TIMEOUT, async {
+            let _changing = self.membership_changes.lock().await;
+            raft.add_learner(member.id.0, node, true).await
+        });
         match learner.await {
             Ok(Ok(_)) => {}
             Ok(Err(e)) => {
@@ -520,12 +529,18 @@ impl Cluster {
 
     /// On the leader: make Raft's voters and learners follow the members. Members gone from
     /// the state machine leave Raft; while there are fewer than `max_voters` voters, learners
-    /// that are active members are promoted.
+    /// that are active members are promoted. A joint configuration that a change left behind
+    /// (its leader died between the two steps, or another change came in between) is
+    /// completed. Runs on every ring change and every second on the leader; if another
+    /// membership change of this node is under way it returns, and a later run does the work.
     pub async fn balance_voters(&self) {
         let Some(raft) = &self.raft else { return };
         if self.leader() != Some(self.me.id.0) {
             return;
         }
+        let Ok(_changing) = self.membership_changes.try_lock() else {
+            return;
+        };
         let state = self.state();
         if !state.is_initialized() {
             return;
@@ -533,9 +548,8 @@ impl Cluster {
         let joining = self.joining.lock().clone();
         let metrics = raft.metrics().borrow().clone();
         let membership = metrics.membership_config.membership().clone();
-        if membership.get_joint_config().len() > 1 {
-            return; // a change is under way
-        }
+        // With this node's changes serialised, a joint configuration here is one left behind.
+        let joint = membership.get_joint_config().len() > 1;
         let voters: Vec<u64> = membership.voter_ids().collect();
         let nodes: Vec<u64> = membership.nodes().map(|(id, _)| *id).collect();
         let gone: Vec<u64> = nodes
@@ -562,11 +576,20 @@ impl Cluster {
             keep.insert(id);
         }
         let current: std::collections::BTreeSet<u64> = voters.iter().copied().collect();
-        if keep != current && !keep.is_empty() {
-            tracing::info!(voters = ?keep, "changing Raft voters");
-            if let Err(e) = raft.change_membership(keep.clone(), true).await {
-                tracing::warn!(error = %e, "could not change Raft voters");
-                return;
+        if (keep != current || joint) && !keep.is_empty() {
+            tracing::info!(voters = ?keep, joint, "changing Raft voters");
+            match tokio::time::timeout(JOIN_TIMEOUT, raft.change_membership(keep.clone(), true))
+                .await
+            {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %e, "could not change Raft voters");
+                    return;
+                }
+                Err(_) => {
+                    tracing::warn!("changing Raft voters did not finish in time");
+                    return;
+                }
             }
         }
         if !gone.is_empty() {

@@ -26,6 +26,8 @@ pub struct RaftStatus {
     /// The voting members of the Raft group in the configuration in effect (both halves of a
     /// joint configuration while a change is under way).
     pub voters: Vec<u64>,
+    /// Whether that configuration is joint (a voter change under way, or left half done).
+    pub joint: bool,
 }
 
 /// How many partitions the node has in each role.
@@ -51,6 +53,12 @@ impl Cluster {
             leader: metrics.current_leader,
             applied: metrics.last_applied.map_or(0, |l| l.index),
             voters: metrics.membership_config.membership().voter_ids().collect(),
+            joint: metrics
+                .membership_config
+                .membership()
+                .get_joint_config()
+                .len()
+                > 1,
         })
     }
 
