@@ -68,7 +68,12 @@ async fn settled(client: &Client, ids: &[u64], within: Duration) -> Arc<Ring> {
 
 /// Three members on fixed free ports: 1 bootstraps, 2 and 3 join through 1.
 fn three(cluster: &Cluster) -> (Vec<SocketAddr>, Vec<TestNode>) {
-    let addrs: Vec<SocketAddr> = (0..3).map(|_| free_udp_port().unwrap()).collect();
+    members(cluster, 3)
+}
+
+/// `n` members on fixed free ports: 1 bootstraps, the others join through 1, all at once.
+fn members(cluster: &Cluster, n: usize) -> (Vec<SocketAddr>, Vec<TestNode>) {
+    let addrs: Vec<SocketAddr> = (0..n).map(|_| free_udp_port().unwrap()).collect();
     let mut nodes = vec![cluster.start_member(1, addrs[0], None).unwrap()];
     for (i, addr) in addrs.iter().enumerate().skip(1) {
         nodes.push(
@@ -246,15 +251,7 @@ async fn three_nodes_serve_every_key_to_a_client_that_knows_one_seed() {
 async fn members_that_join_at_once_all_become_voters() {
     let _serial = SERIAL.lock().await;
     let cluster = Cluster::new().unwrap();
-    let addrs: Vec<SocketAddr> = (0..5).map(|_| free_udp_port().unwrap()).collect();
-    let mut nodes = vec![cluster.start_member(1, addrs[0], None).unwrap()];
-    for (i, addr) in addrs.iter().enumerate().skip(1) {
-        nodes.push(
-            cluster
-                .start_member(i as u64 + 1, *addr, Some(addrs[0]))
-                .unwrap(),
-        );
-    }
+    let (addrs, nodes) = members(&cluster, 5);
     let admin = client(&cluster, addrs[0]).await;
     settled(&admin, &[1, 2, 3, 4, 5], Duration::from_secs(90)).await;
     voters_everywhere(&nodes, 5).await;
