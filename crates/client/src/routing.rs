@@ -28,7 +28,8 @@
 //!   `ReplicaRead`, which a replica answers only when it cannot be stale. An owner that has
 //!   not answered within [`SLOW_OWNER`] gets the same treatment while its attempt runs, and
 //!   the client fetches the ring meanwhile: once the keys have a new owner, the attempt is
-//!   abandoned and the request goes there.
+//!   abandoned and the request goes there. An owner whose last attempt failed in the
+//!   transport gets only [`WATCH_INTERVAL`] on the next one.
 //!
 //! A batch request whose keys no longer share one owner after a ring change is handed back
 //! to the batch call, which groups its keys again by the new ring.
@@ -500,6 +501,9 @@ impl Client {
     ) -> Result<Routed, Error> {
         let retries = self.inner.config.retries;
         let (mut retry, mut redirects) = (0, 0);
+        // The owner whose last attempt failed in the transport: the next attempt on it keeps
+        // an eye on the cluster from the start instead of after `SLOW_OWNER`.
+        let mut suspect: Option<NodeId> = None;
         loop {
             let ring = self.current_ring();
             let Some(owner) = owner_of_all(&ring, namespace, keys)? else {
@@ -513,8 +517,13 @@ impl Client {
             })?;
             let conn = self.link(member).await?;
             frame.epoch = ring.epoch;
+            let patience = if suspect == Some(owner) {
+                WATCH_INTERVAL
+            } else {
+                SLOW_OWNER
+            };
             let outcome = match self
-                .attempt_watching(&conn, frame, bodies, namespace, keys, owner)
+                .attempt_watching(&conn, frame, bodies, namespace, keys, owner, patience)
                 .await
             {
                 Watched::Answer(outcome) => outcome,
@@ -562,6 +571,7 @@ impl Client {
                 }
                 Ok((response, bodies)) => return Ok(Routed::Answer(response, bodies)),
                 Err(e) if worth_retrying(&e) && retry < retries => {
+                    suspect = is_transport(&e).then_some(owner);
                     if is_transport(&e)
                         && let Err(refresh) = self.refresh(Some(owner)).await
                     {
@@ -576,9 +586,11 @@ impl Client {
     }
 
     /// One attempt on the owner that keeps an eye on the cluster while the owner is slow to
-    /// answer: after [`SLOW_OWNER`], and every [`WATCH_INTERVAL`] from then on, it sends a read
-    /// to the replicas as well, and fetches the ring; if the keys have a new owner by then,
-    /// the attempt is abandoned.
+    /// answer: after `patience` ([`SLOW_OWNER`], or [`WATCH_INTERVAL`] for an owner whose last
+    /// attempt failed in the transport), and every [`WATCH_INTERVAL`] from then on, it sends a
+    /// read to the replicas as well, and fetches the ring; if the keys have a new owner by
+    /// then, the attempt is abandoned.
+    #[allow(clippy::too_many_arguments)]
     async fn attempt_watching(
         &self,
         conn: &NodeConnection,
@@ -587,10 +599,11 @@ impl Client {
         namespace: &str,
         keys: &[&str],
         owner: NodeId,
+        patience: Duration,
     ) -> Watched {
         let attempt = self.attempt(conn, frame, bodies);
         tokio::pin!(attempt);
-        let mut wait = SLOW_OWNER;
+        let mut wait = patience;
         loop {
             tokio::select! {
                 outcome = &mut attempt => return Watched::Answer(outcome),

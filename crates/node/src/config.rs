@@ -288,8 +288,8 @@ pub struct ClusterConfig {
     /// writes and replicas do not answer reads.
     pub write_quorum: u32,
     /// Silence after which the Raft leader declares a member down and hands its partitions
-    /// to their replicas (ms). Default 800: a killed member's keys take writes again within
-    /// about 1 s.
+    /// to their replicas (ms). Default 1000: a killed member's keys take writes again about
+    /// 1.2 s after its death.
     pub failure_timeout_ms: u64,
     /// Ownership lease (ms): a member answers for its partitions only within this time of
     /// its last confirmed contact with the leader (which itself needs a majority). Must be
@@ -338,7 +338,7 @@ impl Default for ClusterConfig {
             vnodes: strata_proto::ring::DEFAULT_VNODES,
             replication: strata_proto::ring::DEFAULT_REPLICATION,
             write_quorum: 2,
-            failure_timeout_ms: 800,
+            failure_timeout_ms: 1000,
             lease_ms: 500,
             tombstone_grace_secs: 86_400,
             heartbeat_ms: 100,
