@@ -12,7 +12,6 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -80,7 +79,6 @@ pub struct MembershipState {
     /// When the copying still to do was last logged.
     last_progress_log: std::time::Instant,
     slots: Arc<Semaphore>,
-    balancing: Arc<AtomicBool>,
     watcher: Option<tokio::task::JoinHandle<()>>,
 }
 
@@ -144,7 +142,6 @@ impl Actor for Membership {
             last_leader: None,
             last_progress_log: std::time::Instant::now(),
             slots: Arc::new(Semaphore::new(PARALLEL_TRANSFERS)),
-            balancing: Arc::new(AtomicBool::new(false)),
             watcher: Some(watcher),
         })
     }
@@ -240,12 +237,10 @@ fn on_change(myself: &ActorRef<MembershipMsg>, st: &mut MembershipState) {
     start_transfers(myself, st, &state, gaining);
     drop_released(st, &state);
 
-    if leader == Some(me.0) && !st.balancing.swap(true, Ordering::AcqRel) {
-        let (cluster, flag) = (Arc::clone(&st.cluster), Arc::clone(&st.balancing));
-        tokio::spawn(async move {
-            cluster.balance_voters().await;
-            flag.store(false, Ordering::Release);
-        });
+    if leader == Some(me.0) {
+        // One balance at a time: a run that finds another under way returns at once.
+        let cluster = Arc::clone(&st.cluster);
+        tokio::spawn(async move { cluster.balance_voters().await });
     }
 
     let member = state.members.contains_key(&me);

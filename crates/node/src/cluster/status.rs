@@ -48,17 +48,13 @@ impl Cluster {
     pub fn raft_status(&self) -> Option<RaftStatus> {
         let raft = self.raft()?;
         let metrics = raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
         Some(RaftStatus {
             term: metrics.current_term,
             leader: metrics.current_leader,
             applied: metrics.last_applied.map_or(0, |l| l.index),
-            voters: metrics.membership_config.membership().voter_ids().collect(),
-            joint: metrics
-                .membership_config
-                .membership()
-                .get_joint_config()
-                .len()
-                > 1,
+            voters: membership.voter_ids().collect(),
+            joint: membership.get_joint_config().len() > 1,
         })
     }
 
